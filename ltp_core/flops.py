@@ -1,0 +1,50 @@
+"""FLOPs of a (possibly sparse) network, counted by `torch.utils.flop_counter`.
+
+`FlopCounterMode` counts the dense cost of every op. A pruned layer with a fraction d of
+its weights kept needs only about d of its multiply-adds, so `count_flops` scales each
+pruned layer's count by its density: the usual "effective FLOPs" of unstructured pruning.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_flops", "layer_flops"]
+
+
+@torch.no_grad()
+def layer_flops(model: nn.Module, example_input: Tensor) -> dict[str, int]:
+    """{module name: FLOPs of one forward of `example_input`} for every Conv/Linear module,
+    plus "total" (the whole model, every op FlopCounterMode knows). 1 multiply-add = 2 FLOPs.
+    """
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(example_input)
+    finally:
+        model.train(was_training)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__  # FlopCounterMode prefixes names with "Global" / the root
+    out: dict[str, int] = {"total": int(sum(counts.get("Global", {}).values()))}
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            continue
+        for key in (name, f"{root}.{name}"):
+            if key in counts:
+                out[name] = int(sum(counts[key].values()))
+                break
+    return out
+
+
+def count_flops(model: nn.Module, example_input: Tensor, densities: dict[str, float] | None = None) -> int:
+    """Effective FLOPs of one forward: the dense count with each layer named in `densities`
+    (layer name -> fraction of weights kept) scaled by its density."""
+    flops = layer_flops(model, example_input)
+    total = flops["total"]
+    for name, density in (densities or {}).items():
+        if name in flops and name != "total":
+            total -= round(flops[name] * (1.0 - density))
+    return int(total)

@@ -1,0 +1,101 @@
+"""The soft mask of Learned Threshold Pruning and the autograd of v = w * m.
+
+For one layer with weights w (any shape), a learned scalar threshold tau (units of w**2)
+and a temperature T > 0 (also units of w**2):
+
+    m = sigmoid((w**2 - tau) / T)        soft mask, same shape as w, values in (0, 1)
+    v = w * m                            the soft-pruned weight the forward pass uses
+    L0 = sum(m)                          soft count of surviving weights (a scalar)
+
+`SoftPrune` computes v and L0 in one pass and keeps m for the backward pass, so a training
+step evaluates the sigmoid once per layer, not once for the forward and again for the
+regularizer. With s = m and s' = s (1 - s):
+
+    dv/dtau  = -(w / T) s'                dL0/dtau = -(1 / T) sum s'
+    dv/dw    = s + (2 w**2 / T) s'        (exact)
+    dv/dw   ~= s                          (the paper's eq. 14: the mask is held constant in w)
+
+In the paper's mode the mask is constant with respect to w everywhere, so L0 sends no
+gradient to w either; tau always gets its full gradient.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["soft_mask", "hard_mask", "layer_temperature", "SoftPrune", "soft_prune"]
+
+
+def soft_mask(weight: Tensor, threshold: Tensor | float, temperature: Tensor | float) -> Tensor:
+    """sigmoid((weight**2 - threshold) / temperature), elementwise; same shape as `weight`.
+
+    `threshold` and `temperature` are in units of weight**2 (a magnitude cut at |w| = c is
+    threshold c**2). Differentiable in all three arguments by plain autograd.
+    """
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return torch.sigmoid((weight * weight - threshold) / temperature)
+
+
+def hard_mask(weight: Tensor, threshold: Tensor | float) -> Tensor:
+    """The deployment mask step(weight**2 - threshold) as a bool tensor: True = kept.
+
+    A weight with weight**2 <= threshold is pruned (so tau = 0 prunes exact zeros only).
+    """
+    return weight * weight > threshold
+
+
+def layer_temperature(weight: Tensor, t0: float) -> Tensor:
+    """T_l = t0 * Var(|w|) over all elements of one layer's weight (the paper's eq. 15).
+
+    Returns a detached 0-d tensor in units of w**2. The rule makes every layer hold a similar
+    share of its weights in the transition band whatever its scale, so t0 is dimensionless.
+    A floor of 1e-12 keeps a constant layer (variance 0) from dividing by zero.
+    """
+    with torch.no_grad():
+        return (t0 * weight.detach().abs().float().var(unbiased=False)).clamp_min(1e-12).to(weight.dtype)
+
+
+class SoftPrune(torch.autograd.Function):
+    """(w, tau, T) -> (v = w * m, L0 = sum m), fused, with the gradient described above.
+
+    T is treated as a constant (no gradient). `exact` selects the exact weight gradient
+    instead of the paper's straight-through one.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, threshold: Tensor, temperature: Tensor, exact: bool):
+        m = torch.sigmoid((weight * weight - threshold) / temperature)
+        ctx.save_for_backward(weight, m, temperature)
+        ctx.exact = exact
+        # The L0 sum is accumulated in float32 at least: a bf16 sum of a million ~1.0 terms
+        # would lose the count entirely.
+        l0 = m.sum(dtype=torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else None)
+        return weight * m, l0
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
+        weight, m, temperature = ctx.saved_tensors
+        grad_w = grad_tau = None
+        ds = m * (1 - m)  # s'
+        # The common factor of every non-paper term: dv = w s' d(z), dL0 = s' d(z).
+        upstream = grad_v * weight + grad_l0.to(grad_v.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_tau = -(upstream * ds).sum() / temperature
+            grad_tau = grad_tau.to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_w = grad_v * m
+            if ctx.exact:
+                grad_w = grad_w + (2 / temperature) * weight * ds * upstream
+        return grad_w, grad_tau, None, None
+
+
+def soft_prune(weight: Tensor, threshold: Tensor, temperature: Tensor, exact_weight_grad: bool = False
+               ) -> tuple[Tensor, Tensor]:
+    """Functional form of `SoftPrune`: returns (v, L0) for one layer; see the module docstring."""
+    if not torch.is_tensor(temperature):
+        temperature = torch.tensor(float(temperature), dtype=weight.dtype, device=weight.device)
+    if not torch.is_tensor(threshold):
+        threshold = torch.tensor(float(threshold), dtype=weight.dtype, device=weight.device)
+    return SoftPrune.apply(weight, threshold, temperature, exact_weight_grad)

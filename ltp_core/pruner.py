@@ -1,0 +1,303 @@
+"""LTP: attach learned-threshold soft masks to a model, own the thresholds, finalize.
+
+    ltp = LTP(model, temperature=1e-2, lambda_=1.0)
+    opt = torch.optim.Adam(ltp.param_groups(lr=1e-3, threshold_lr=1e-4))
+    loss = F.cross_entropy(model(x), y) + ltp.regularizer()   # lambda * soft-L0
+    ...
+    ltp.finalize()                                            # hard prune, plain model back
+
+Each prunable layer's `weight` gets a `torch.nn.utils.parametrize` parametrization
+(`ThresholdMask`) that owns that layer's threshold. Because the mask is a parametrization,
+`state_dict`, `deepcopy`, DDP and `torch.compile` see an ordinary module.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .mask import SoftPrune, hard_mask, layer_temperature
+
+__all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers"]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for every Conv1d/2d/3d and Linear of `model`, in definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+class ThresholdMask(nn.Module):
+    """Parametrization weight -> weight * sigmoid((weight**2 - threshold) / T).
+
+    Owns the layer's learned `threshold` (a 0-d Parameter, units of weight**2). T is
+    recomputed from the current weights at every forward as t0 * Var(|w|) (detached).
+    The soft-L0 of the last forward is kept in `last_l0` so the regularizer can reuse it
+    instead of evaluating the sigmoid a second time.
+    """
+
+    def __init__(self, weight: Tensor, t0: float, exact_weight_grad: bool = False,
+                 init_threshold: float = 0.0) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(float(init_threshold), dtype=weight.dtype,
+                                                   device=weight.device))
+        self.t0 = float(t0)
+        self.exact_weight_grad = bool(exact_weight_grad)
+        self.hard = False  # True: forward applies the deployment mask step(w**2 - tau)
+        self.last_l0: Tensor | None = None
+        self._l0_key: tuple | None = None
+
+    def temperature(self, weight: Tensor) -> Tensor:
+        return layer_temperature(weight, self.t0)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.hard:
+            return weight * hard_mask(weight, self.threshold.detach())
+        v, l0 = SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)
+        self.last_l0 = l0
+        self._l0_key = self._key(weight)
+        return v
+
+    def _key(self, weight: Tensor) -> tuple:
+        # Versions change on every in-place update (optimizer step, load_state_dict), so an
+        # equal key means last_l0 was computed from exactly these weights and threshold.
+        return (weight._version, self.threshold._version, torch.is_grad_enabled(), weight.device)
+
+    def soft_l0(self, weight: Tensor) -> Tensor:
+        """sum(m) for `weight` (the layer's original weight): reused from the last forward
+        when nothing changed since, else computed afresh."""
+        if self.last_l0 is not None and self._l0_key == self._key(weight) and not self.hard:
+            return self.last_l0
+        return SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)[1]
+
+    def __getstate__(self) -> dict:
+        # The cached L0 carries an autograd graph: never copy or pickle it (deepcopy of a
+        # non-leaf tensor fails, and a copy must not share the original's graph anyway).
+        state = self.__dict__.copy()
+        state["last_l0"], state["_l0_key"] = None, None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"t0={self.t0}, exact_weight_grad={self.exact_weight_grad}, hard={self.hard}"
+
+
+class LTP:
+    """Learned Threshold Pruning of every Conv1d/2d/3d and Linear weight of `model`.
+
+    Args:
+        model: the network, pruned in place; its layers get a `ThresholdMask` each.
+        temperature: T0 > 0, dimensionless; layer l uses T_l = T0 * Var(|w_l|).
+        lambda_: >= 0, the weight of the soft-L0 term in `regularizer()`.
+        exclude: module names (as in `model.named_modules()`) left dense.
+        exclude_first, exclude_last: leave the first / last prunable layer dense.
+        exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
+        init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
+        normalize: True (default) divides the soft-L0 by the number of prunable weights, so
+            soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)
+            and comparable across networks. False gives the raw soft count.
+        layer_weights: optional {layer name: factor} multiplying each layer's soft-L0 (the
+            "pruning preference"; e.g. a layer's FLOP share). Missing layers weigh 1.
+    """
+
+    def __init__(self, model: nn.Module, *, temperature: float = 1e-2, lambda_: float = 1.0,
+                 exclude: Iterable[str] = (), exclude_first: bool = False, exclude_last: bool = False,
+                 exact_weight_grad: bool = False, init_threshold: float = 0.0, normalize: bool = True,
+                 layer_weights: dict[str, float] | None = None) -> None:
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature (T0) must be a number > 0, got {temperature!r}")
+        if not (isinstance(lambda_, (int, float)) and lambda_ >= 0):
+            raise ValueError(f"lambda_ must be a number >= 0, got {lambda_!r}")
+        if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
+            raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
+        candidates = prunable_layers(model)
+        if not candidates:
+            raise ValueError(f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to prune")
+        names = [n for n, _ in candidates]
+        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        unknown = [n for n in exclude if n not in names]
+        if unknown:
+            raise ValueError(f"exclude names {unknown} are not prunable layers of the model; "
+                             f"valid names: {names}")
+        skip = set(exclude) | ({names[0]} if exclude_first else set()) | ({names[-1]} if exclude_last else set())
+        layers = [(n, m) for n, m in candidates if n not in skip]
+        if not layers:
+            raise ValueError(f"nothing left to prune: every prunable layer {names} is excluded")
+        if layer_weights:
+            bad = sorted(set(layer_weights) - {n for n, _ in layers})
+            if bad:
+                raise ValueError(f"layer_weights names {bad} are not pruned layers; valid: {[n for n, _ in layers]}")
+
+        self.model = model
+        self.lambda_ = float(lambda_)
+        self.t0 = float(temperature)
+        self.normalize = bool(normalize)
+        self.layer_weights = dict(layer_weights or {})
+        self.layers: dict[str, nn.Module] = {}
+        for name, module in layers:
+            if parametrize.is_parametrized(module, "weight"):
+                raise ValueError(f"layer {name!r} already has a weight parametrization; "
+                                 "LTP attaches to plain Conv/Linear layers only")
+            mask = ThresholdMask(module.weight, temperature, exact_weight_grad, init_threshold)
+            parametrize.register_parametrization(module, "weight", mask)
+            self.layers[name] = module
+        self.num_prunable = sum(self._original(m).numel() for m in self.layers.values())
+        self.finalized = False
+
+    # -- access ----------------------------------------------------------------------------
+    @staticmethod
+    def _original(module: nn.Module) -> Tensor:
+        return module.parametrizations.weight.original
+
+    @staticmethod
+    def _mask(module: nn.Module) -> ThresholdMask:
+        return module.parametrizations.weight[0]
+
+    def _check_live(self) -> None:
+        if self.finalized:
+            raise RuntimeError("this LTP was finalized: the model is a plain hard-pruned network now")
+
+    @property
+    def thresholds(self) -> dict[str, nn.Parameter]:
+        """{layer name: tau_l}, 0-d Parameters in units of w**2."""
+        self._check_live()
+        return {n: self._mask(m).threshold for n, m in self.layers.items()}
+
+    @property
+    def temperatures(self) -> dict[str, float]:
+        """{layer name: T_l = T0 * Var(|w_l|)} in effect for the current weights (units of w**2)."""
+        self._check_live()
+        return {n: float(self._mask(m).temperature(self._original(m))) for n, m in self.layers.items()}
+
+    def weights(self) -> dict[str, Tensor]:
+        """{layer name: the layer's trainable (unmasked) weight w}."""
+        self._check_live()
+        return {n: self._original(m) for n, m in self.layers.items()}
+
+    # -- the regularizer -------------------------------------------------------------------
+    def soft_l0(self) -> Tensor:
+        """Soft count of surviving weights, sum over layers of layer_weight_l * sum_k m_k.
+
+        With `normalize=True` it is divided by the number of prunable weights (a soft
+        fraction kept, in [0, 1]). A 0-d float tensor on the model's device, differentiable
+        w.r.t. the thresholds (and w.r.t. the weights when exact_weight_grad=True). Reuses
+        the masks of the last forward pass when the weights have not changed since.
+        """
+        self._check_live()
+        total = None
+        for name, module in self.layers.items():
+            l0 = self._mask(module).soft_l0(self._original(module)).float()
+            if name in self.layer_weights:
+                l0 = l0 * self.layer_weights[name]
+            total = l0 if total is None else total + l0
+        return total / self.num_prunable if self.normalize else total
+
+    def regularizer(self) -> Tensor:
+        """lambda_ * soft_l0(): the term to add to the task loss."""
+        return self.lambda_ * self.soft_l0()
+
+    # -- measurements ----------------------------------------------------------------------
+    @torch.no_grad()
+    def sparsity(self) -> dict[str, float]:
+        """{layer name: fraction of weights with w**2 <= tau, "total": over all pruned layers}."""
+        if self.finalized:
+            out, zeros = {}, 0
+            for n, m in self.layers.items():
+                z = int((m.weight == 0).sum())
+                out[n], zeros = z / m.weight.numel(), zeros + z
+            out["total"] = zeros / self.num_prunable
+            return out
+        out, pruned = {}, 0
+        for n, m in self.layers.items():
+            w = self._original(m)
+            p = int((~hard_mask(w, self._mask(m).threshold)).sum())
+            out[n], pruned = p / w.numel(), pruned + p
+        out["total"] = pruned / self.num_prunable
+        return out
+
+    def compression(self) -> float:
+        """Prunable weights / surviving weights (1 / (1 - sparsity)); inf when all are pruned."""
+        kept = 1.0 - self.sparsity()["total"]
+        return float("inf") if kept <= 0 else 1.0 / kept
+
+    @torch.no_grad()
+    def band_fraction(self, width: float = 4.0) -> float:
+        """Fraction of prunable weights inside the transition band |w**2 - tau_l| < width * T_l:
+        the only weights that move tau. Near 0 means the thresholds have stalled."""
+        self._check_live()
+        inside = 0
+        for m in self.layers.values():
+            w, mask = self._original(m), self._mask(m)
+            inside += int(((w * w - mask.threshold).abs() < width * mask.temperature(w)).sum())
+        return inside / self.num_prunable
+
+    # -- optimizer -------------------------------------------------------------------------
+    def param_groups(self, weight_decay: float = 0.0, threshold_lr: float | None = None,
+                     **group_options) -> list[dict]:
+        """Optimizer parameter groups: every model parameter but the thresholds (with
+        `weight_decay` and `group_options`), then the thresholds in a group of their own with
+        weight decay 0 and, if given, learning rate `threshold_lr` (units of w**2 per unit of
+        gradient step, so usually much smaller than the weights' lr)."""
+        self._check_live()
+        tids = {id(t) for t in self.thresholds.values()}
+        rest = [p for p in self.model.parameters() if id(p) not in tids]
+        thresh_group = {"params": list(self.thresholds.values()), "weight_decay": 0.0, **group_options}
+        if threshold_lr is not None:
+            thresh_group["lr"] = threshold_lr
+        return [{"params": rest, "weight_decay": weight_decay, **group_options}, thresh_group]
+
+    # -- hard pruning ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hard_masks(self) -> Iterator[None]:
+        """Within the block the forward uses the deployment mask step(w**2 - tau): evaluate the
+        hard-pruned network without touching the weights."""
+        self._check_live()
+        masks = [self._mask(m) for m in self.layers.values()]
+        previous = [mask.hard for mask in masks]
+        for mask in masks:
+            mask.hard = True
+        try:
+            yield
+        finally:
+            for mask, was in zip(masks, previous):
+                mask.hard = was
+
+    @torch.no_grad()
+    def hard_state_dict(self) -> dict[str, Tensor]:
+        """The state_dict `finalize()` would give (plain keys, pruned weights exactly 0),
+        without changing the model. Tensors are copies, in the model's own key order."""
+        self._check_live()
+        hard = {}
+        for name, m in self.layers.items():
+            w = self._original(m)
+            hard[f"{name}.weight" if name else "weight"] = w * hard_mask(w, self._mask(m).threshold)
+        plain = {}
+        for key, value in self.model.state_dict().items():
+            if key.endswith("parametrizations.weight.0.threshold"):
+                continue
+            if key.endswith("parametrizations.weight.original"):
+                key = key[: -len("parametrizations.weight.original")] + "weight"
+                value = hard[key]
+            plain[key] = value.clone()
+        return plain
+
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """Hard prune in place: w <- w * step(w**2 - tau), remove the parametrizations and
+        thresholds. The model's state_dict then loads strictly into the plain architecture.
+        Returns the model. The LTP object only answers `sparsity()` afterwards."""
+        self._check_live()
+        for name, m in self.layers.items():
+            w = self._original(m)
+            keep = hard_mask(w, self._mask(m).threshold)
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+            m.weight.mul_(keep)
+        self.finalized = True
+        return self.model
+
+    def __repr__(self) -> str:
+        state = "finalized" if self.finalized else f"T0={self.t0}, lambda_={self.lambda_}"
+        return f"LTP({len(self.layers)} layers, {self.num_prunable} weights, {state})"

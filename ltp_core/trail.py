@@ -1,0 +1,203 @@
+"""The trail: one record per evaluation of a pruning run, so a network is picked afterwards.
+
+As tau rises during training the run passes through ever sparser networks. `Trail` keeps,
+for every evaluation, the step, epoch, sparsity (total and per layer), compression, soft
+and hard accuracy, FLOPs and anything else given, as JSON, and optionally a hard-pruned
+checkpoint (a plain state_dict) next to it. `Trail.pick` chooses a record afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Trail", "atomic_write_bytes", "atomic_save"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename, so a
+    crash never leaves a half-written file and an existing one survives until replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Trail:
+    """Records of a pruning run, in order.
+
+    Args:
+        directory: where `trail.json` and the hard-pruned checkpoints `trail/step_<step>.pt`
+            go. None keeps the trail in memory only.
+
+    Each record is a dict with at least `step`, `epoch`, `sparsity` (total, fraction of
+    prunable weights that are zero), `compression`, `soft_accuracy`, `hard_accuracy`,
+    `flops`, `layer_sparsity` ({layer: fraction}) and `checkpoint` (path or None).
+    Accuracies are fractions in [0, 1] (or None when not measured).
+    """
+
+    REQUIRED = ("step", "epoch", "sparsity")
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.records: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.records[i]
+
+    def record(self, *, step: int, epoch: float, sparsity: float, layer_sparsity: dict[str, float] | None = None,
+               soft_accuracy: float | None = None, hard_accuracy: float | None = None,
+               flops: int | None = None, state_dict: dict[str, torch.Tensor] | None = None,
+               **extra: Any) -> dict[str, Any]:
+        """Append one evaluation. `state_dict` (a hard-pruned plain state_dict) is saved as
+        `trail/step_<step>.pt` when the trail has a directory. Writes `trail.json` at once."""
+        if not 0.0 <= sparsity <= 1.0:
+            raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
+        entry: dict[str, Any] = {
+            "step": int(step), "epoch": float(epoch), "sparsity": float(sparsity),
+            "compression": (math.inf if sparsity >= 1.0 else 1.0 / (1.0 - sparsity)),
+            "soft_accuracy": soft_accuracy, "hard_accuracy": hard_accuracy,
+            "flops": None if flops is None else int(flops),
+            "layer_sparsity": dict(layer_sparsity or {}), "checkpoint": None, **extra,
+        }
+        if state_dict is not None and self.directory is not None:
+            ckpt = self.directory / "trail" / f"step_{int(step):08d}.pt"
+            atomic_save(state_dict, ckpt)
+            entry["checkpoint"] = str(ckpt.relative_to(self.directory))
+        self.records.append(entry)
+        if self.directory is not None:
+            self.save()
+        return entry
+
+    def record_pruner(self, pruner: Any, evaluate: Callable[[], float], *, step: int, epoch: float,
+                      example_input: torch.Tensor | None = None, save_checkpoint: bool = True,
+                      **extra: Any) -> dict[str, Any]:
+        """Measure and record a pruning method (LTP) at this point of training.
+
+        `evaluate()` returns the model's accuracy; it is called once as is (soft accuracy) and
+        once inside `pruner.hard_masks()` (hard accuracy). Sparsity comes from
+        `pruner.sparsity()`, FLOPs (density-scaled, for one `example_input`) from
+        `count_flops`, and the checkpoint is `pruner.hard_state_dict()`.
+        """
+        from .flops import count_flops
+
+        layer_sparsity = pruner.sparsity()
+        total = layer_sparsity.pop("total")
+        soft = evaluate()
+        with pruner.hard_masks():
+            hard = evaluate()
+            flops = None
+            if example_input is not None:
+                densities = {n: 1.0 - s for n, s in layer_sparsity.items()}
+                flops = count_flops(pruner.model, example_input, densities)
+        state = pruner.hard_state_dict() if save_checkpoint and self.directory is not None else None
+        return self.record(step=step, epoch=epoch, sparsity=total, layer_sparsity=layer_sparsity,
+                           soft_accuracy=soft, hard_accuracy=hard, flops=flops, state_dict=state, **extra)
+
+    # -- persistence -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"records": self.records}, indent=1, default=float)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the trail as JSON (atomically) to `path` or `<directory>/trail.json`."""
+        if path is None:
+            if self.directory is None:
+                raise ValueError("this Trail has no directory; pass a path to save()")
+            path = self.directory / "trail.json"
+        atomic_write_bytes(path, self.to_json().encode())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trail":
+        """Read a trail from `trail.json` or from the folder holding it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "trail.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no trail at {path} (expected a trail.json written by Trail.save)")
+        try:
+            data = json.loads(path.read_text())
+            records = data["records"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a trail file ({e})") from None
+        trail = cls(path.parent)
+        trail.records = list(records)
+        return trail
+
+    def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The hard-pruned state_dict saved with `entry` (loaded with weights_only=True)."""
+        if entry.get("checkpoint") is None or self.directory is None:
+            raise ValueError(f"the record at step {entry.get('step')} has no saved checkpoint")
+        return torch.load(self.directory / entry["checkpoint"], map_location="cpu", weights_only=True)
+
+    # -- choosing --------------------------------------------------------------------------
+    def pick(self, *, min_accuracy: float | None = None, max_sparsity: float | None = None,
+             accuracy_key: str = "hard_accuracy") -> dict[str, Any]:
+        """Choose a record.
+
+        - `min_accuracy=a`: the sparsest record whose `accuracy_key` is >= a (ties: the more
+          accurate, then the later).
+        - `max_sparsity=s`: the most accurate record with sparsity <= s (ties: the sparser).
+        - both: the sparsest record meeting both.
+        Raises ValueError when no record qualifies, naming the best values available.
+        """
+        if min_accuracy is None and max_sparsity is None:
+            raise ValueError("pick needs min_accuracy=, max_sparsity= or both")
+        if not self.records:
+            raise ValueError("the trail is empty")
+        known = sorted({k for r in self.records for k in r if "accuracy" in k})
+        if accuracy_key not in known:
+            raise ValueError(f"accuracy_key {accuracy_key!r} is not in the records; available: {known}")
+
+        def acc(r):
+            a = r.get(accuracy_key)
+            return -math.inf if a is None else a
+
+        ok = [r for r in self.records
+              if (min_accuracy is None or acc(r) >= min_accuracy)
+              and (max_sparsity is None or r["sparsity"] <= max_sparsity)]
+        if not ok:
+            best_acc = max(acc(r) for r in self.records)
+            least = min(r["sparsity"] for r in self.records)
+            raise ValueError(f"no record with {accuracy_key} >= {min_accuracy} and sparsity <= {max_sparsity}; "
+                             f"the trail's best {accuracy_key} is {best_acc:.4f}, its lowest sparsity {least:.4f}")
+        if min_accuracy is not None:
+            return max(ok, key=lambda r: (r["sparsity"], acc(r), r["step"]))
+        return max(ok, key=lambda r: (acc(r), r["sparsity"], r["step"]))
