@@ -1,0 +1,222 @@
+"""LTP on real modules: parametrize round trips, soft-L0, sparsity, finalize, bad input."""
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ltp_core import LTP, soft_mask
+from ltp_core.models import mlp, small_cnn
+
+
+def _set_thresholds(ltp, value):
+    with torch.no_grad():
+        for t in ltp.thresholds.values():
+            t.fill_(value)
+
+
+def test_attaches_to_every_conv_and_linear_including_depthwise():
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(16, 3))
+    x = torch.randn(2, 2, 8)
+    before = model(x)
+    ltp = LTP(model)
+    assert sorted(ltp.thresholds) == ["0", "2", "4"]
+    for name in ("0", "2", "4"):
+        assert parametrize.is_parametrized(model.get_submodule(name), "weight")
+    # tau = 0 keeps every weight, soft mask ~1 for all but tiny weights: output close to dense
+    assert ltp.sparsity()["total"] == 0.0
+    assert torch.allclose(model(x), before, atol=0.1)
+    conv3d = nn.Sequential(nn.Conv3d(1, 2, 1))
+    assert list(LTP(conv3d).thresholds) == ["0"]
+
+
+def test_forward_uses_soft_masked_weight():
+    layer = nn.Linear(5, 3)
+    w = layer.weight.detach().clone()
+    ltp = LTP(nn.Sequential(layer), temperature=0.5)
+    _set_thresholds(ltp, 0.04)
+    temperature = 0.5 * w.abs().var(unbiased=False)
+    assert torch.allclose(layer.weight, w * soft_mask(w, 0.04, temperature), atol=1e-6)
+
+
+def test_soft_l0_normalized_and_raw():
+    model = mlp(hidden=(16,))
+    ltp = LTP(model, lambda_=2.0)
+    _set_thresholds(ltp, 1e9)  # everything far below threshold: mask ~ 0
+    assert ltp.soft_l0().item() < 1e-6
+    _set_thresholds(ltp, -1e9)  # everything above: mask ~ 1, normalized soft-L0 ~ 1
+    assert abs(ltp.soft_l0().item() - 1.0) < 1e-6
+    assert abs(ltp.regularizer().item() - 2.0) < 1e-5
+    raw = LTP(mlp(hidden=(16,)), normalize=False, init_threshold=0.0)
+    assert raw.soft_l0().item() == pytest.approx(raw.num_prunable, rel=0.2)
+
+
+def test_soft_l0_reuses_the_forward_and_matches_a_fresh_computation():
+    model = mlp(hidden=(32,))
+    ltp = LTP(model)
+    _set_thresholds(ltp, 1e-3)
+    x = torch.randn(4, 64)
+    model(x)
+    cached = ltp.soft_l0()
+    layer = next(iter(ltp.layers.values()))
+    assert layer.parametrizations.weight[0].last_l0 is not None
+    with torch.no_grad():
+        fresh = sum(soft_mask(w, t, ltp._mask(m).temperature(w)).sum()
+                    for (n, w), t, m in zip(ltp.weights().items(), ltp.thresholds.values(), ltp.layers.values()))
+    assert torch.allclose(cached * ltp.num_prunable, fresh, rtol=1e-5)
+    # after an in-place update the cache is stale and must not be used
+    with torch.no_grad():
+        for w in ltp.weights().values():
+            w.mul_(2)
+    with torch.no_grad():
+        fresh2 = sum(soft_mask(w, t, ltp._mask(m).temperature(w)).sum()
+                     for (n, w), t, m in zip(ltp.weights().items(), ltp.thresholds.values(), ltp.layers.values()))
+    assert torch.allclose(ltp.soft_l0() * ltp.num_prunable, fresh2, rtol=1e-5)
+
+
+def test_regularizer_gradient_reaches_thresholds_and_pushes_them_up():
+    model = mlp(hidden=(32,))
+    ltp = LTP(model, lambda_=1.0)
+    _set_thresholds(ltp, 1e-3)
+    ltp.regularizer().backward()
+    for t in ltp.thresholds.values():
+        assert t.grad is not None and t.grad < 0
+
+
+def test_training_step_updates_weights_and_thresholds():
+    torch.manual_seed(0)
+    model = mlp(hidden=(32,))
+    ltp = LTP(model, lambda_=1.0)
+    opt = torch.optim.Adam(ltp.param_groups(threshold_lr=1e-3), lr=1e-3)
+    before = {n: t.item() for n, t in ltp.thresholds.items()}
+    for _ in range(3):
+        x, y = torch.randn(16, 64), torch.randint(10, (16,))
+        loss = nn.functional.cross_entropy(model(x), y) + ltp.regularizer()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(ltp.thresholds[n].item() > before[n] for n in before)
+
+
+def test_sparsity_counts_w2_at_or_below_tau():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.25, -0.5, 0.75, 1.0]]))
+    ltp = LTP(nn.Sequential(layer))
+    _set_thresholds(ltp, 0.25)  # w**2 = 1/16, 1/4, 9/16, 1 -> two pruned (<=)
+    assert ltp.sparsity() == {"0": 0.5, "total": 0.5}
+    assert ltp.compression() == pytest.approx(2.0)
+
+
+def test_state_dict_round_trip_and_deepcopy():
+    torch.manual_seed(0)
+    model = small_cnn()
+    ltp = LTP(model)
+    _set_thresholds(ltp, 1e-3)
+    x = torch.randn(2, 1, 8, 8)
+    model.eval()
+    out = model(x)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    other = small_cnn()
+    LTP(other)
+    other.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    other.eval()
+    assert torch.allclose(other(x), out)
+    clone = copy.deepcopy(model)
+    assert torch.allclose(clone(x), out)
+    assert all(k.endswith("threshold") or k in clone.state_dict() for k in model.state_dict())
+
+
+def test_finalize_hard_prunes_and_loads_strictly_into_plain_architecture():
+    torch.manual_seed(0)
+    model = small_cnn()
+    ltp = LTP(model)
+    _set_thresholds(ltp, 2e-3)
+    x = torch.randn(3, 1, 8, 8)
+    model.eval()
+    with ltp.hard_masks():
+        hard_out = model(x)
+    expected_sparsity = ltp.sparsity()
+    hard_sd = ltp.hard_state_dict()
+    originals = {n: w.detach().clone() for n, w in ltp.weights().items()}
+    taus = {n: t.item() for n, t in ltp.thresholds.items()}
+    ltp.finalize()
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    for name, w in originals.items():
+        final = model.get_submodule(name).weight
+        assert torch.equal(final, w * (w * w > taus[name]))
+    assert ltp.sparsity() == pytest.approx(expected_sparsity)
+    assert 0 < expected_sparsity["total"] < 1
+    plain = small_cnn()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.eval()
+    assert torch.allclose(plain(x), hard_out, atol=1e-6)
+    assert list(hard_sd) == list(model.state_dict())
+    assert all(torch.equal(hard_sd[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="finalized"):
+        ltp.soft_l0()
+
+
+def test_param_groups_separate_thresholds_without_weight_decay():
+    model = mlp(hidden=(8,))
+    ltp = LTP(model)
+    groups = ltp.param_groups(weight_decay=5e-4, threshold_lr=1e-4)
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[1] == {id(t) for t in ltp.thresholds.values()}
+    assert ids[0].isdisjoint(ids[1]) and len(ids[0]) + len(ids[1]) == len(list(model.parameters()))
+    assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 1e-4
+
+
+def test_exclude_first_last_and_by_name():
+    model = mlp(hidden=(8, 8))
+    assert list(LTP(mlp(hidden=(8, 8)), exclude_first=True, exclude_last=True).thresholds) == ["2"]
+    assert list(LTP(model, exclude=["4"]).thresholds) == ["0", "2"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(lambda_=-0.1), "lambda_"),
+    (dict(exclude=["nope"]), "nope"),
+    (dict(exclude=["0", "2"]), "nothing left"),
+    (dict(init_threshold=-1.0), "init_threshold"),
+])
+def test_bad_input_raises_value_error_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LTP(mlp(hidden=(8,)), **kwargs)
+
+
+def test_model_without_prunable_layers_is_rejected():
+    with pytest.raises(ValueError, match="no Conv1d/2d/3d or Linear"):
+        LTP(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+
+
+def test_exact_flag_changes_weight_gradient_only():
+    grads = {}
+    for exact in (False, True):
+        torch.manual_seed(1)
+        model = mlp(hidden=(8,))
+        ltp = LTP(model, exact_weight_grad=exact)
+        _set_thresholds(ltp, 1e-2)
+        x = torch.randn(4, 64)
+        model(x).square().sum().backward()
+        grads[exact] = (ltp.weights()["0"].grad.clone(), ltp.thresholds["0"].grad.clone())
+    assert not torch.allclose(grads[False][0], grads[True][0])
+    assert torch.allclose(grads[False][1], grads[True][1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_forward_backward_and_finalize():
+    model = small_cnn().cuda()
+    ltp = LTP(model)
+    _set_thresholds(ltp, 1e-3)
+    x = torch.randn(4, 1, 8, 8, device="cuda")
+    (model(x).sum() + ltp.regularizer()).backward()
+    assert all(t.grad.device.type == "cuda" for t in ltp.thresholds.values())
+    assert ltp.soft_l0().device.type == "cuda"
+    ltp.finalize()
+    assert model(x).device.type == "cuda"

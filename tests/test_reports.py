@@ -1,0 +1,93 @@
+"""The papermill runner `ltp-reports`, on two tiny notebooks made in a temporary folder."""
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from ltp_core.reports import main
+
+PARAMS = """seed = 0
+scale = 1.0
+output_dir = ""
+from ltp_core.notebook import profile_parameters
+globals().update(profile_parameters("{stem}"))"""
+
+BODY = """from ltp_core.notebook import Claims
+claims = Claims()
+claims.check("scale is positive", scale, ">", 0)
+claims.write_metrics({{"seed": seed, "scale": scale, "stem": "{stem}"}}, output_dir, "{stem}")
+print(claims.report())"""
+
+
+def _notebook(path, stem):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(PARAMS.format(stem=stem))
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stem}"), params, nbformat.v4.new_code_cell(BODY.format(stem=stem))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path / f"{stem}.ipynb")
+
+
+@pytest.fixture
+def notebooks(tmp_path):
+    folder = tmp_path / "notebooks"
+    (folder / "params").mkdir(parents=True)
+    _notebook(folder, "01_first")
+    _notebook(folder, "02_second")
+    (folder / "params" / "ci.yaml").write_text("01_first:\n  scale: 0.5\n")
+    (folder / "params" / "paper.yaml").write_text("02_second:\n  scale: 3\n")
+    return folder
+
+
+def _metrics(out, stem):
+    return json.loads((out / stem / "metrics.json").read_text())
+
+
+def test_runs_profile_with_overrides_and_writes_index(notebooks, tmp_path):
+    out = tmp_path / "out"
+    code = main(["--profile", "ci", "-p", "seed", "123", "--output-dir", str(out), "--notebooks-dir", str(notebooks)])
+    assert code == 0
+    first, second = _metrics(out, "01_first"), _metrics(out, "02_second")
+    assert first["metrics"] == {"seed": 123, "scale": 0.5, "stem": "01_first"}
+    assert second["metrics"]["scale"] == 1.0 and second["metrics"]["seed"] == 123
+    assert first["claims"][0]["holds"] is True
+    assert (out / "01_first" / "01_first.ipynb").is_file()
+    index = (out / "README.md").read_text()
+    assert "01_first" in index and "scale is positive" in index and "`scale` | 0.5" in index
+
+
+def test_only_selects_notebooks(notebooks, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--profile", "paper", "--only", "02_second", "--output-dir", str(out),
+                 "--notebooks-dir", str(notebooks)]) == 0
+    assert _metrics(out, "02_second")["metrics"]["scale"] == 3
+    assert not (out / "01_first").exists()
+
+
+def test_failed_notebook_is_named_and_last_good_report_kept(notebooks, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--only", "01_first", "--output-dir", str(out), "--notebooks-dir", str(notebooks)]
+    assert main(args) == 0
+    assert main(args + ["-p", "scale", "-1"]) == 1  # the claim fails -> AssertionError in the notebook
+    err = capsys.readouterr().err
+    assert "01_first" in err and "AssertionError" in err
+    assert _metrics(out, "01_first")["metrics"]["scale"] == 1.0  # the good report survives
+    assert (out / "01_first.failed" / "01_first.ipynb").is_file()
+    assert "failed" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "nope"], "unknown profile 'nope'; valid profiles: ['ci', 'default', 'paper']"),
+    (["--only", "03_missing"], "unknown notebook(s) ['03_missing']; valid: ['01_first', '02_second']"),
+    (["-p", "sede", "1"], "unknown parameter(s) ['sede'] for notebook 01_first; valid: ['scale', 'seed']"),
+])
+def test_bad_input_is_a_clear_error(notebooks, tmp_path, capsys, args, message):
+    assert main(args + ["--output-dir", str(tmp_path / "o"), "--notebooks-dir", str(notebooks)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "ltp_core.reports", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--profile" in result.stdout and "--only" in result.stdout

@@ -1,0 +1,81 @@
+"""Trail: records, JSON on disk, hard-pruned checkpoints, pick; FLOPs counting."""
+import json
+
+import pytest
+import torch
+
+from ltp_core import LTP, Trail, count_flops, layer_flops
+from ltp_core.fit import accuracy
+from ltp_core.models import mlp, small_cnn
+
+
+def _filled(directory=None):
+    trail = Trail(directory)
+    for step, (sp, acc) in enumerate([(0.0, 0.97), (0.5, 0.97), (0.8, 0.96), (0.9, 0.93), (0.95, 0.80)]):
+        trail.record(step=step * 10, epoch=step, sparsity=sp, soft_accuracy=acc, hard_accuracy=acc)
+    return trail
+
+
+def test_pick_by_min_accuracy_and_max_sparsity():
+    trail = _filled()
+    assert trail.pick(min_accuracy=0.95)["sparsity"] == 0.8
+    assert trail.pick(max_sparsity=0.85)["hard_accuracy"] == 0.97
+    assert trail.pick(max_sparsity=0.85)["sparsity"] == 0.5  # ties on accuracy: the sparser
+    assert trail.pick(min_accuracy=0.9, max_sparsity=0.85)["sparsity"] == 0.8
+    assert trail[1]["compression"] == pytest.approx(2.0)
+
+
+def test_pick_errors_are_clear():
+    trail = _filled()
+    with pytest.raises(ValueError, match="best hard_accuracy is 0.9700"):
+        trail.pick(min_accuracy=0.99)
+    with pytest.raises(ValueError, match="needs"):
+        trail.pick()
+    with pytest.raises(ValueError, match="available"):
+        trail.pick(min_accuracy=0.5, accuracy_key="top5")
+    with pytest.raises(ValueError, match="sparsity"):
+        Trail().record(step=0, epoch=0, sparsity=1.5)
+
+
+def test_save_load_round_trip(tmp_path):
+    trail = _filled(tmp_path)
+    assert json.loads((tmp_path / "trail.json").read_text())["records"][2]["sparsity"] == 0.8
+    again = Trail.load(tmp_path)
+    assert again.records == trail.records
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a trail file"):
+        Trail.load(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="no trail"):
+        Trail.load(tmp_path / "missing")
+
+
+def test_record_pruner_measures_and_saves_hard_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(hidden=(32,))
+    ltp = LTP(model)
+    with torch.no_grad():
+        for t in ltp.thresholds.values():
+            t.fill_(5e-3)
+    x, y = torch.randn(64, 64), torch.randint(10, (64,))
+    trail = Trail(tmp_path)
+    entry = trail.record_pruner(ltp, lambda: accuracy(model, x, y), step=7, epoch=1.0, example_input=x[:1])
+    assert entry["sparsity"] == pytest.approx(ltp.sparsity()["total"]) and 0 < entry["sparsity"] < 1
+    assert set(entry["layer_sparsity"]) == {"0", "2"}
+    dense_flops = count_flops(mlp(hidden=(32,)), x[:1])
+    assert entry["flops"] < dense_flops
+    state = trail.load_checkpoint(Trail.load(tmp_path).records[0])
+    plain = mlp(hidden=(32,))
+    plain.load_state_dict(state, strict=True)
+    with ltp.hard_masks():
+        assert torch.allclose(plain(x), model(x), atol=1e-6)
+    assert entry["hard_accuracy"] == accuracy(plain, x, y)
+
+
+def test_layer_flops_counts_convs_and_linears():
+    model = small_cnn(channels=(4, 8))
+    flops = layer_flops(model, torch.randn(1, 1, 8, 8))
+    assert flops["0"] == 2 * 4 * 1 * 9 * 8 * 8  # 2 * Cout * Cin * k*k * H*W
+    assert flops["3"] == 2 * 8 * 4 * 9 * 4 * 4
+    assert flops["total"] >= flops["0"] + flops["3"] + flops["8"]
+    half = count_flops(model, torch.randn(1, 1, 8, 8), {"0": 0.5})
+    assert half == flops["total"] - flops["0"] // 2
