@@ -3,16 +3,24 @@
 - digits: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), real
   data that ships with the library, split into a seeded stratified train/test pair.
 - synthetic: a seeded Gaussian-cluster classification task of any size.
+
+For the training engine (`ltp_core.train`), `build_datasets(name, path)` gives image datasets:
+ImageNet in the ImageFolder layout, CIFAR-10 from its python pickles, digits as 8x8 images,
+and `SyntheticImages` (FakeData-style, learnable) for smoke runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader"]
+__all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader", "DataError", "ImageDatasets", "DATASETS",
+           "build_datasets", "imagenet_folder", "imagenet_transforms", "cifar10_folder", "SyntheticImages",
+           "synthetic_images", "digits_images"]
 
 
 @dataclass
@@ -86,3 +94,248 @@ def loader(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0) 
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     g = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+# -- image datasets for the training engine (ltp_core.train) -------------------------------
+#
+# Each builder returns an `ImageDatasets` (train and val `Dataset`s of (image tensor, label)
+# pairs, the class names, the shape of one image). A folder that is missing or not in the
+# expected layout raises `DataError`, whose one-line message names the path and the layout
+# (data/README.md says where each dataset goes). Nothing is ever downloaded.
+
+DATASETS = ("imagenet", "cifar10", "digits", "synthetic")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+IMAGENET_LAYOUT = "{p}/train/<class>/<image> and {p}/val/<class>/<image> (ImageFolder layout, see data/README.md)"
+CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta")
+CIFAR10_LAYOUT = ("{p}/cifar-10-batches-py/ holding data_batch_1..5, test_batch and batches.meta (the extracted "
+                  "cifar-10-python.tar.gz, see data/README.md)")
+
+
+class DataError(ValueError):
+    """A dataset folder that is missing or malformed; the message is one line naming the path
+    and the layout that was expected."""
+
+
+@dataclass
+class ImageDatasets:
+    """Train and validation splits of an image classification dataset.
+
+    train, val: `Dataset`s of (float image tensor (C, H, W), int label); classes: the class
+    names, in label order; sample_shape: (C, H, W) of one validation image; notes: remarks
+    for the user (e.g. "files differ from the official release").
+    """
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    sample_shape: tuple[int, int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def imagenet_transforms(train_crop_size: int = 224, val_resize_size: int = 256, val_crop_size: int = 224,
+                        interpolation: str = "bilinear"):
+    """The standard ImageNet transforms of torchvision's classification references:
+    train RandomResizedCrop + horizontal flip, eval Resize + CenterCrop; both normalized."""
+    from torchvision import transforms as T
+
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    mode = T.InterpolationMode(interpolation)
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = T.Compose([T.RandomResizedCrop(train_crop_size, interpolation=mode, antialias=True),
+                       T.RandomHorizontalFlip(), T.PILToTensor(), T.ConvertImageDtype(torch.float), normalize])
+    val = T.Compose([T.Resize(val_resize_size, interpolation=mode, antialias=True), T.CenterCrop(val_crop_size),
+                     T.PILToTensor(), T.ConvertImageDtype(torch.float), normalize])
+    return train, val
+
+
+def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_resize_size: int = 256,
+                    val_crop_size: int = 224, interpolation: str = "bilinear") -> ImageDatasets:
+    """ImageNet (or any dataset) in the ImageFolder layout: `path/train/<class>/*.JPEG` and
+    `path/val/<class>/*.JPEG` with the same class folders, read with torchvision's
+    `ImageFolder` and the standard transforms. Labels are the sorted class folder names."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path).expanduser()
+    layout = IMAGENET_LAYOUT.format(p=root)
+    if not root.is_dir():
+        raise DataError(f"ImageNet folder {root} not found; expected {layout}")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no {split}/ folder; expected {layout}")
+    train_tf, val_tf = imagenet_transforms(train_crop_size, val_resize_size, val_crop_size, interpolation)
+    splits = {}
+    for split, tf in (("train", train_tf), ("val", val_tf)):
+        try:
+            splits[split] = ImageFolder(str(root / split), transform=tf)
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"{root / split} is malformed: {str(e).strip()} Expected {layout}") from None
+    train, val = splits["train"], splits["val"]
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataError(f"{root}: train/ and val/ must hold the same class folders; only in train: "
+                        f"{only_train[:5]}{' ...' if len(only_train) > 5 else ''}, only in val: "
+                        f"{only_val[:5]}{' ...' if len(only_val) > 5 else ''}")
+    if len(train.classes) < 2:
+        raise DataError(f"{root / 'train'} has {len(train.classes)} class folder; a classifier needs at least 2")
+    try:
+        shape = tuple(val[0][0].shape)
+    except OSError as e:
+        raise DataError(f"cannot read {val.samples[0][0]} as an image ({e})") from None
+    return ImageDatasets(train, val, list(train.classes), shape)
+
+
+def _cifar10_class():
+    from torchvision.datasets import CIFAR10
+
+    class LocalCIFAR10(CIFAR10):
+        """torchvision's CIFAR10(download=False) without the md5 check, so a generated sample
+        in the same pickle layout (or a re-packed copy) loads too; `cifar10_folder` checks the
+        md5 sums of the official release itself and says when they differ."""
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return CIFAR10, LocalCIFAR10
+
+
+def cifar10_folder(path: str | os.PathLike, augment: bool = True) -> ImageDatasets:
+    """CIFAR-10 from a local folder holding `cifar-10-batches-py/` (torchvision's
+    `CIFAR10(root=path, download=False)`), with the usual augmentation (random crop with
+    4-pixel padding, horizontal flip) when `augment`, normalized with CIFAR-10's statistics.
+    `path` may also be the `cifar-10-batches-py` folder itself."""
+    from torchvision import transforms as T
+    from torchvision.datasets.utils import check_integrity
+
+    root = Path(path).expanduser()
+    if root.name == "cifar-10-batches-py" and not (root / "cifar-10-batches-py").exists():
+        root = root.parent
+    layout = CIFAR10_LAYOUT.format(p=root)
+    batches = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise DataError(f"CIFAR-10 folder {root} not found; expected {layout}")
+    missing = [f for f in CIFAR10_FILES if not (batches / f).is_file()]
+    if missing:
+        raise DataError(f"{batches} lacks {', '.join(missing)}; expected {layout}")
+    official, local = _cifar10_class()
+    md5 = dict(official.train_list + official.test_list)
+    md5[official.meta["filename"]] = official.meta["md5"]
+    notes = []
+    if not all(check_integrity(str(batches / f), md5[f]) for f in CIFAR10_FILES):
+        notes.append(f"{batches}: the files differ from the official CIFAR-10 release (md5); loading them anyway")
+    normalize = T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    val_tf = T.Compose([T.ToTensor(), normalize])
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize]) \
+        if augment else val_tf
+    try:
+        train = local(str(root), train=True, transform=train_tf, download=False)
+        val = local(str(root), train=False, transform=val_tf, download=False)
+        shape = tuple(val[0][0].shape)
+    except Exception as e:  # unpickling garbage raises anything from UnpicklingError to KeyError
+        culprit = _bad_cifar_file(batches) or batches
+        raise DataError(f"{culprit} is malformed ({type(e).__name__}: {str(e).strip()}); expected {layout}") from None
+    if len(train.classes) < 2 or int(max(train.targets)) >= len(train.classes):
+        raise DataError(f"{batches}: batches.meta names {len(train.classes)} classes but the labels go up to "
+                        f"{int(max(train.targets))}")
+    return ImageDatasets(train, val, list(train.classes), shape, notes)
+
+
+def _bad_cifar_file(batches: Path) -> Path | None:
+    """The first CIFAR-10 file that does not unpickle into the expected mapping."""
+    import pickle
+
+    for name in CIFAR10_FILES:
+        keys = ("label_names",) if name == "batches.meta" else ("data", "labels")
+        try:
+            with open(batches / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            if not all(k in entry for k in keys):
+                return batches / name
+        except Exception:
+            return batches / name
+    return None
+
+
+class SyntheticImages(Dataset):
+    """A FakeData-style stand-in for smoke runs: `size` images of shape (3, image_size,
+    image_size), made on the fly and identical at every access (seeded per index).
+
+    Unlike torchvision's FakeData the labels can be learned: each class has a smooth random
+    colour pattern and an image is its class's pattern plus unit Gaussian noise.
+    """
+
+    def __init__(self, size: int = 1024, num_classes: int = 10, image_size: int = 32, seed: int = 0,
+                 split_offset: int = 0) -> None:
+        for name, v in (("size", size), ("num_classes", num_classes), ("image_size", image_size)):
+            if not (isinstance(v, int) and v > 0):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.size, self.num_classes, self.image_size = size, num_classes, image_size
+        self.seed, self.offset = int(seed), int(split_offset)
+        g = torch.Generator().manual_seed(self.seed)
+        coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
+        self.patterns = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear",
+                                                        align_corners=False)
+        self.classes = [f"class_{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} images")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.offset + index)
+        label = int(torch.randint(self.num_classes, (), generator=g))
+        return self.patterns[label] + torch.randn(self.patterns.shape[1:], generator=g), label
+
+
+def synthetic_images(num_train: int = 1024, num_val: int | None = None, num_classes: int = 10,
+                     image_size: int = 32, seed: int = 0) -> ImageDatasets:
+    """Train and val `SyntheticImages` (disjoint index streams); `num_val` defaults to num_train // 4."""
+    num_val = max(1, num_train // 4) if num_val is None else num_val
+    train = SyntheticImages(num_train, num_classes, image_size, seed)
+    val = SyntheticImages(num_val, num_classes, image_size, seed, split_offset=10_000_000)
+    return ImageDatasets(train, val, list(train.classes), (3, image_size, image_size))
+
+
+def digits_images(channels: int = 1, seed: int = 0) -> ImageDatasets:
+    """scikit-learn's digits (`load_digits(images=True)`) as (channels, 8, 8) images;
+    channels=3 repeats the grey channel for networks that expect colour input."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    d = load_digits(seed=seed, images=True)
+    xs = [x.repeat(1, channels, 1, 1) for x in (d.x_train, d.x_test)]
+    return ImageDatasets(TensorDataset(xs[0], d.y_train), TensorDataset(xs[1], d.y_test),
+                         [str(i) for i in range(10)], (channels, 8, 8))
+
+
+def build_datasets(name: str, path: str | os.PathLike | None = None, *, train_crop_size: int = 224,
+                   val_resize_size: int = 256, val_crop_size: int = 224, interpolation: str = "bilinear",
+                   channels: int = 3, synthetic_size: int = 1024, synthetic_classes: int = 10,
+                   seed: int = 0) -> ImageDatasets:
+    """The datasets of the training engine by name (see DATASETS). `path` is the data folder
+    (imagenet, cifar10); the crop sizes and interpolation apply to imagenet and give the
+    synthetic image size (`train_crop_size`); `channels` to digits; `synthetic_*` to synthetic."""
+    builders = {
+        "imagenet": lambda: imagenet_folder(_need_path(name, path), train_crop_size, val_resize_size, val_crop_size,
+                                            interpolation),
+        "cifar10": lambda: cifar10_folder(_need_path(name, path)),
+        "digits": lambda: digits_images(channels=1 if channels == 1 else 3),
+        "synthetic": lambda: synthetic_images(synthetic_size, None, synthetic_classes, train_crop_size, seed),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {sorted(builders)}")
+    return builders[name]()
+
+
+
+def _need_path(name: str, path) -> Path:
+    if path is None or str(path) == "":
+        raise DataError(f"dataset {name!r} needs --data-path (see data/README.md)")
+    return Path(path)

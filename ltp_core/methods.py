@@ -4,9 +4,16 @@ Every method has one shape (LTP is the model for it):
 
     method = build("ltp", model, **options)   # attaches to the model in place
     loss = task_loss + method.regularizer()   # a 0-d tensor (0 for methods without a term)
-    method.after_step(step)                   # optional per-step hook (schedules, masks)
+    method.after_step(step)                   # per-step hook (schedules, masks); step = steps done
     method.sparsity()                         # {layer: fraction, "total": fraction}
     method.finalize()                         # a plain model the architecture loads strictly
+
+plus `param_groups(weight_decay=0., **opts)`, `hard_masks()` and `hard_state_dict()`.
+Every entry accepts `total_steps=` (the run's optimizer steps; schedules need it) and
+`example_input=` (a batch, e.g. one sample, for FLOPs; DSA needs it), ignoring them when
+unused, so an engine can always pass both. Build the method before the optimizer (from
+`param_groups`) and before wrapping the model (DDP, torch.compile): the structured methods
+need the plain nn.Sequential and L1-filter changes it at construction.
 
 `build` looks the name up in METHODS, never through a chain of ifs.
 """
@@ -15,14 +22,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from .baselines import DSA, GDP, GMP, LATS, STR, GReg, L1Filter, Magnitude
 from .pruner import LTP
 
 __all__ = ["METHODS", "build", "method_names"]
 
+
+def _ltp(model: nn.Module, *, total_steps: int | None = None, example_input: Tensor | None = None,
+         **options: Any) -> LTP:
+    """LTP(model, **options); total_steps / example_input are accepted and unused."""
+    return LTP(model, **options)
+
+
 METHODS: dict[str, Callable[..., Any]] = {
-    "ltp": LTP,
+    "ltp": _ltp,
+    "magnitude": Magnitude,
+    "gmp": GMP,
+    "str": STR,
+    "lats": LATS,
+    "greg": GReg,
+    "gdp": GDP,
+    "l1_filter": L1Filter,
+    "dsa": DSA,
 }
 
 

@@ -101,16 +101,32 @@ class LTP:
             and comparable across networks. False gives the raw soft count.
         layer_weights: optional {layer name: factor} multiplying each layer's soft-L0 (the
             "pruning preference"; e.g. a layer's FLOP share). Missing layers weigh 1.
+        target_sparsity: a fraction in [0, 1): instead of a fixed lambda_, every training call
+            of `regularizer()` sets it from the error e = target - hard sparsity with a PI
+            controller, lambda_ = I + target_gain * e and I <- I + target_integral_gain * e
+            (I starts at the given lambda_; the integral is dual ascent on the constraint
+            sparsity = target). lambda_ turns negative above the target, which lets tau fall
+            back after an overshoot. Proportional control suits thresholds trained by Adam,
+            whose step hardly grows with lambda_ once the L0 term dominates.
+        target_gain, target_integral_gain: the controller's gains (lambda_ per unit of
+            sparsity error, and per unit of error per call).
     """
 
     def __init__(self, model: nn.Module, *, temperature: float = 1e-2, lambda_: float = 1.0,
                  exclude: Iterable[str] = (), exclude_first: bool = False, exclude_last: bool = False,
                  exact_weight_grad: bool = False, init_threshold: float = 0.0, normalize: bool = True,
-                 layer_weights: dict[str, float] | None = None) -> None:
+                 layer_weights: dict[str, float] | None = None, target_sparsity: float | None = None,
+                 target_gain: float = 20.0, target_integral_gain: float = 0.05) -> None:
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature (T0) must be a number > 0, got {temperature!r}")
         if not (isinstance(lambda_, (int, float)) and lambda_ >= 0):
             raise ValueError(f"lambda_ must be a number >= 0, got {lambda_!r}")
+        if target_sparsity is not None and not (isinstance(target_sparsity, (int, float))
+                                                and 0.0 <= target_sparsity < 1.0):
+            raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+        for name, gain in (("target_gain", target_gain), ("target_integral_gain", target_integral_gain)):
+            if not (isinstance(gain, (int, float)) and gain >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {gain!r}")
         if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
             raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
         candidates = prunable_layers(model)
@@ -135,6 +151,10 @@ class LTP:
         self.lambda_ = float(lambda_)
         self.t0 = float(temperature)
         self.normalize = bool(normalize)
+        self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
+        self.target_gain = float(target_gain)
+        self.target_integral_gain = float(target_integral_gain)
+        self._lambda_integral = 0.0 if target_sparsity is not None else float(lambda_)
         self.layer_weights = dict(layer_weights or {})
         self.layers: dict[str, nn.Module] = {}
         for name, module in layers:
@@ -196,7 +216,15 @@ class LTP:
         return total / self.num_prunable if self.normalize else total
 
     def regularizer(self) -> Tensor:
-        """lambda_ * soft_l0(): the term to add to the task loss."""
+        """lambda_ * soft_l0(): the term to add to the task loss.
+
+        With `target_sparsity` set, a call with gradients enabled (a training step) first
+        updates lambda_ towards the target (see the class docstring); call it once per step.
+        """
+        if self.target_sparsity is not None and torch.is_grad_enabled():
+            error = self.target_sparsity - self.sparsity()["total"]
+            self.lambda_ = self._lambda_integral + self.target_gain * error
+            self._lambda_integral += self.target_integral_gain * error
         return self.lambda_ * self.soft_l0()
 
     # -- measurements ----------------------------------------------------------------------
@@ -293,6 +321,12 @@ class LTP:
         for name, m in self.layers.items():
             w = self._original(m)
             keep = hard_mask(w, self._mask(m).threshold)
+            # parametrize swaps the module's class for a generated subclass that a deepcopy of
+            # the model shares; removing the parametrization deletes `weight` from that class,
+            # which would break every copy. Give this module a class of its own first.
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__,
+                               {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
             m.weight.mul_(keep)
         self.finalized = True

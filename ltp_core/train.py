@@ -1,0 +1,725 @@
+"""The training engine: train (and prune) an image classifier on one process or many.
+
+    python -m ltp_core.train --dataset cifar10 --data-path data/cifar10 --model resnet20 --epochs 30
+    torchrun --nproc_per_node 8 -m ltp_core.train --dataset imagenet --data-path /data/imagenet \\
+        --model resnet50 --pretrained resnet50.pth --lr 0.01 --ltp-lambda 1 --ltp-t0 0.01
+
+The settings are `ltp_core.cli.TrainConfig` (flags, `--config FILE.yaml`, or `make_config` in
+Python). One run:
+
+1. processes: under `torchrun` (WORLD_SIZE > 1) a process group (gloo on CPU, nccl on GPU),
+   one process per device, the model wrapped in DistributedDataParallel, so the learned
+   thresholds (ordinary parameters) are broadcast at the start and their gradients averaged
+   like every other; only rank 0 writes files or prints.
+2. data (`ltp_core.data.build_datasets`), the model (`ltp_core.models.get_model`) with a head
+   of the dataset's class count, `--pretrained` weights (the head replaced when the class
+   count differs), the pruning method (`ltp_core.methods.build`), the optimizer from the
+   method's `param_groups` (thresholds: own group, no weight decay) and the schedule.
+3. epochs of: task loss (+ the method's `regularizer()`), backward, step, `after_step`; a NaN
+   or inf loss (on any process) stops the run and keeps the last good checkpoint.
+4. every evaluation (at the start, then every `--eval-every` epochs) measures top-1/top-5 of
+   the network as trained (soft) and deployed (inside `method.hard_masks()`), per-layer and
+   total sparsity, compression and effective FLOPs, and appends them to the trail
+   (`trail.json`, plus a hard-pruned checkpoint `trail/step_*.pt`).
+5. after every epoch `checkpoint.pth` (model, optimizer, scheduler, scaler, epoch, step, args,
+   every process's RNG state, the trail) is written to a temporary file and renamed; `--resume`
+   restores all of it, so the continued run is the run that was interrupted.
+
+Exit status: 0 done, 1 the loss diverged or a process failed, 2 a usage error (one line on
+stderr; LTP_TRACEBACK=1 shows the traceback), 130 interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .cli import PROG, TrainConfig, UsageError, config_to_dict, method_options, parse_args
+from .data import DataError, ImageDatasets, build_datasets
+from .flops import count_flops
+from .models import PROJECT_MODELS, get_model
+from .pruner import prunable_layers
+from .trail import Trail, atomic_save, atomic_write_bytes
+
+__all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
+
+CHECKPOINT = "checkpoint.pth"
+CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
+AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the message says where and which checkpoint is kept."""
+
+
+class _PeerFailed(RuntimeError):
+    """Another process failed during setup; its message is carried here."""
+
+
+@dataclass
+class RunResult:
+    """What `run` returns: the trained model (the bare module, not the DDP wrapper, with the
+    method still attached), the method (None for dense), the trail, the last evaluation."""
+    model: nn.Module
+    method: Any
+    trail: Trail
+    config: TrainConfig
+    output_dir: Path | None
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+# -- processes and devices -----------------------------------------------------------------
+
+@dataclass
+class _Procs:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    count = torch.cuda.device_count()
+    index = local_rank if (world > 1 or name == "cuda") else int(name.split(":")[1])
+    if index >= count:
+        raise UsageError(f"--device {name}: needs GPU {index} but this machine has {count} "
+                         f"(run at most {count} processes per node)")
+    return torch.device("cuda", index)
+
+
+def _init_processes(cfg: TrainConfig) -> _Procs:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(cfg.device, local_rank, world)
+    procs = _Procs(rank, world, local_rank, device)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        procs.owns_group = True
+    return procs
+
+
+def _agree(procs: _Procs, error: BaseException | None) -> None:
+    """Every process learns whether any failed (so none waits forever in a collective);
+    this process's own error is re-raised, else the first peer's message as _PeerFailed."""
+    if procs.distributed:
+        messages: list[Any] = [None] * procs.world
+        dist.all_gather_object(messages, None if error is None else f"{error}")
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if failed and error is None:
+            raise _PeerFailed(f"process {failed[0][0]} failed: {failed[0][1]}")
+    if error is not None:
+        raise error
+
+
+def _all_reduce(t: Tensor, procs: _Procs, op=None) -> Tensor:
+    if procs.distributed:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+# -- RNG state (checkpointed per process) --------------------------------------------------
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": [int(v) for v in random.getstate()[1]],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- model: pretrained weights and the head ------------------------------------------------
+
+def _plain_state(obj: Any, path: Path) -> dict[str, Tensor]:
+    """The state_dict inside a weights file: a plain state_dict, or {'model': ...} /
+    {'state_dict': ...}; 'module.' prefixes dropped; a pruned (parametrized) layer's weight
+    given as its hard-pruned value."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())):
+        raise UsageError(f"--pretrained: {path} holds no state_dict (expected a mapping of parameter names to "
+                         "tensors, or a checkpoint with a 'model' or 'state_dict' entry)")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    suffix, tau_suffix = "parametrizations.weight.original", "parametrizations.weight.0.threshold"
+    for key in [k for k in state if k.endswith(suffix)]:
+        base = key[: -len(suffix)]
+        w = state.pop(key)
+        tau = state.pop(base + tau_suffix, None)
+        state[base + "weight"] = w * (w * w > tau) if tau is not None else w
+    return state
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, num_classes: int) -> str:
+    """Load a local weights file into `model` (a plain, not yet pruned network). Tensors whose
+    shape differs only in the first dimension, where the model has `num_classes`, are the
+    classifier head: they keep the model's fresh initialization. Any other difference is a
+    UsageError naming the tensors. Returns a one-line report."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--pretrained: no such file {path} (a local weights file; nothing is downloaded)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"--pretrained: cannot read {path} as PyTorch weights "
+                         f"({type(e).__name__}: {_first_line(e)})") from None
+    state = _plain_state(obj, path)
+    own = model.state_dict()
+    head, bad = [], []
+    for key in set(state) & set(own):
+        a, b = state[key].shape, own[key].shape
+        if a != b:
+            if len(a) == len(b) and a[1:] == b[1:] and b[0] == num_classes:
+                head.append((key, a[0]))
+            else:
+                bad.append(f"{key} {tuple(a)} vs {tuple(b)}")
+    if bad:
+        raise UsageError(f"--pretrained: {path} does not fit this model: {', '.join(sorted(bad)[:4])}"
+                         f"{' ...' if len(bad) > 4 else ''}")
+    optional = ("num_batches_tracked",)
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(optional))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UsageError(f"--pretrained: {path} does not fit this model: missing {missing[:4]}"
+                         f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+                         f"{' ...' if len(unexpected) > 4 else ''}")
+    for key, _ in head:
+        del state[key]
+    model.load_state_dict(state, strict=False)
+    report = f"loaded {len(state)} tensors from {path}"
+    if head:
+        report += (f"; replaced the {num_classes}-class head ({', '.join(sorted(k for k, _ in head))}; "
+                   f"the file has {head[0][1]} classes)")
+    return report
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _logits(out: Any) -> tuple[Tensor, list[Tensor]]:
+    """(main logits, auxiliary logits) of a model's output: GoogLeNet and Inception v3 return
+    named tuples with auxiliary heads in training mode."""
+    if isinstance(out, (tuple, list)):
+        return out[0], [o for o in out[1:] if o is not None]
+    return out, []
+
+
+# -- the run -------------------------------------------------------------------------------
+
+class _Run:
+    """One training run; `run()` drives it. Attributes are the run's state."""
+
+    def __init__(self, cfg: TrainConfig, procs: _Procs) -> None:
+        self.cfg, self.procs, self.device = cfg, procs, procs.device
+        self.out: Path | None = None
+        self.epoch, self.step = 0, 0
+        self.checkpoint_epoch: int | None = None
+        self.notes: list[str] = []
+
+    def say(self, text: str) -> None:
+        if self.procs.main:
+            tqdm.write(text, file=sys.stdout)
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, procs = self.cfg, self.procs
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            if cfg.amp and cfg.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+                raise UsageError("--amp-dtype bf16: this GPU does not support bfloat16; use --amp-dtype fp16")
+        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+        self.out = Path(cfg.output_dir or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}")
+        resume_path = self._resume_path()
+        held = [f for f in (CHECKPOINT, "trail.json") if (self.out / f).exists()]
+        if not cfg.test_only and resume_path is None and held:
+            raise UsageError(f"{self.out} already holds a run ({held[0]}); pass --resume to continue it or "
+                             "choose another --output-dir")
+        _seed_all(cfg.seed)
+
+        # data
+        channels = 1 if cfg.model in PROJECT_MODELS else 3  # digits: grey for the project's models
+        try:
+            self.data: ImageDatasets = build_datasets(
+                cfg.dataset, cfg.data_path, train_crop_size=cfg.train_crop_size, val_resize_size=cfg.val_resize_size,
+                val_crop_size=cfg.val_crop_size, interpolation=cfg.interpolation,
+                channels=channels, synthetic_size=cfg.synthetic_size,
+                synthetic_classes=cfg.synthetic_classes, seed=cfg.seed)
+        except DataError as e:
+            raise UsageError(str(e)) from None
+        self.notes += self.data.notes
+        per_process = math.ceil(len(self.data.train) / procs.world)
+        if per_process < cfg.batch_size and not cfg.test_only:
+            raise UsageError(f"-b/--batch-size {cfg.batch_size} is larger than the {per_process} training images "
+                             f"each of the {procs.world} process(es) gets; lower it")
+        self._loaders()
+
+        # model, pretrained weights, method, optimizer
+        c, h, _ = self.data.sample_shape
+        try:
+            model = get_model(cfg.model, self.data.num_classes, in_channels=c, image_size=h, **cfg.model_opt)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--model {cfg.model}: {_first_line(e)}") from None
+        if cfg.pretrained:
+            self.notes.append("pretrained: " + load_pretrained(model, cfg.pretrained, self.data.num_classes))
+        if cfg.sync_bn and procs.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        self.example = torch.zeros(1, *self.data.sample_shape, device=self.device)
+        self.steps_per_epoch = len(self.train_loader)
+        self.method = self._build_method(model)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp and self.amp_dtype == torch.float16)
+        self.trail = Trail(self.out if procs.main and not cfg.test_only else None)
+        if resume_path is not None:
+            self._load_checkpoint(resume_path)
+        else:  # every process its own stream for augmentation and dropout (the init above was shared)
+            _seed_all(cfg.seed * 100_003 + procs.rank)
+        if procs.main and not cfg.test_only:
+            self.out.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            atomic_write_bytes(self.out / "args.yaml",
+                               yaml.safe_dump({**config_to_dict(cfg), "output_dir": str(self.out)},
+                                              sort_keys=False).encode())
+
+    def _loaders(self) -> None:
+        cfg, procs = self.cfg, self.procs
+        pin = self.device.type == "cuda"
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(cfg.workers, cpus)
+        if workers < cfg.workers:
+            self.notes.append(f"--workers {cfg.workers} lowered to {workers}, the CPUs this process may use")
+        self.train_sampler = DistributedSampler(self.data.train, num_replicas=procs.world, rank=procs.rank,
+                                                shuffle=True, seed=cfg.seed)
+        self.loader_rng = torch.Generator()
+        self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, sampler=self.train_sampler,
+                                       num_workers=workers, pin_memory=pin, drop_last=True,
+                                       generator=self.loader_rng)
+        # Evaluation shards the validation set without padding (exact counts), rank r taking
+        # images r, r + world, ...; the counts are summed across processes afterwards.
+        shard = range(procs.rank, len(self.data.val), procs.world)
+        self.val_loader = DataLoader(self.data.val, batch_size=cfg.batch_size, sampler=shard,
+                                     num_workers=workers, pin_memory=pin)
+
+    def _build_method(self, model: nn.Module) -> Any:
+        cfg = self.cfg
+        if cfg.method == "none":
+            return None
+        from . import methods
+
+        options = method_options(cfg)
+        try:
+            params = inspect.signature(methods.METHODS[cfg.method]).parameters
+        except (TypeError, ValueError):
+            params = {}
+        # Schedules need the run's length, some methods an example input; pass them to the
+        # methods that name them.
+        for key, value in (("total_steps", cfg.epochs * self.steps_per_epoch), ("example_input", self.example)):
+            if key in params and key not in options:
+                options[key] = value
+        try:
+            return methods.build(cfg.method, model, **options)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--method {cfg.method}: {_first_line(e)}") from None
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if self.method is not None and hasattr(self.method, "param_groups"):
+            extra = {"threshold_lr": cfg.ltp_threshold_lr} if cfg.ltp_threshold_lr is not None else {}
+            groups = self.method.param_groups(weight_decay=cfg.weight_decay, **extra)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                       "weight_decay": cfg.weight_decay}]
+        if cfg.opt in ("sgd", "sgd_nesterov"):
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.opt == "sgd_nesterov"
+                                   and cfg.momentum > 0)
+        if cfg.opt == "rmsprop":  # torchvision's reference settings
+            return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=0.0316, alpha=0.9)
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.opt]
+        return cls(groups, lr=cfg.lr)
+
+    def _scheduler(self):
+        cfg, S = self.cfg, torch.optim.lr_scheduler
+        opt, warm = self.optimizer, cfg.lr_warmup_epochs
+        main = {
+            "steplr": lambda: S.StepLR(opt, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma),
+            "cosineannealinglr": lambda: S.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs - warm), eta_min=cfg.lr_min),
+            "exponentiallr": lambda: S.ExponentialLR(opt, gamma=cfg.lr_gamma),
+            "constant": lambda: S.ConstantLR(opt, factor=1.0, total_iters=0),
+        }[cfg.lr_scheduler]()
+        if warm == 0:
+            return main
+        warmup = (S.LinearLR(opt, start_factor=cfg.lr_warmup_decay, total_iters=warm)
+                  if cfg.lr_warmup_method == "linear"
+                  else S.ConstantLR(opt, factor=cfg.lr_warmup_decay, total_iters=warm))
+        return S.SequentialLR(opt, [warmup, main], milestones=[warm])
+
+    def wrap(self) -> None:
+        """DistributedDataParallel across the processes (it broadcasts rank 0's parameters,
+        the thresholds included, and averages every gradient)."""
+        if self.procs.distributed:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp: nn.Module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp = self.model
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _resume_path(self) -> Path | None:
+        r = self.cfg.resume
+        if r is None:
+            return None
+        path = self.out / CHECKPOINT if r == "auto" else Path(r)
+        if path.is_dir():
+            path = path / CHECKPOINT
+        if not path.is_file():
+            raise UsageError(f"--resume: no checkpoint at {path}")
+        return path
+
+    def _load_checkpoint(self, path: Path) -> None:
+        cfg = self.cfg
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UsageError(f"--resume: cannot read {path}: not a PyTorch checkpoint or damaged "
+                             f"({type(e).__name__}: {_first_line(e)})") from None
+        lacking = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if lacking:
+            raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (it lacks {', '.join(lacking)})")
+        saved = ckpt["args"]
+        for key in ("dataset", "model", "method"):
+            if saved.get(key) != getattr(cfg, key):
+                raise UsageError(f"--resume: {path} is a --{key} {saved.get(key)} run, this one is --{key} "
+                                 f"{getattr(cfg, key)}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if ckpt["scaler"]:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if "method" in ckpt and hasattr(self.method, "load_state_dict"):
+                self.method.load_state_dict(ckpt["method"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"--resume: {path} does not fit this run ({_first_line(e)})") from None
+        self.epoch = self.checkpoint_epoch = int(ckpt["epoch"])
+        self.step = int(ckpt["step"])
+        self.trail.records = list(ckpt["trail"])
+        rng = ckpt["rng"]
+        if len(rng) == self.procs.world:
+            _set_rng_state(rng[self.procs.rank], self.device)
+        else:
+            _seed_all(cfg.seed * 100_003 + self.procs.rank + 7919 * self.epoch)
+            self.notes.append(f"resume: the checkpoint has RNG states of {len(rng)} processes, this run has "
+                              f"{self.procs.world}: data order and augmentation differ from the original run")
+        if self.trail.directory is not None:
+            self.trail.save()  # drop records written after the checkpoint (a crash in between)
+        self.notes.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
+
+    def save_checkpoint(self) -> None:
+        rng = _rng_state(self.device)
+        states: list[Any] = [rng]
+        if self.procs.distributed:
+            states = [None] * self.procs.world
+            dist.all_gather_object(states, rng)
+        if not self.procs.main:
+            return
+        ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "args": config_to_dict(self.cfg), "rng": states,
+                "trail": self.trail.records, "classes": list(self.data.classes), "world_size": self.procs.world}
+        if hasattr(self.method, "state_dict"):
+            ckpt["method"] = self.method.state_dict()
+        atomic_save(ckpt, self.out / CHECKPOINT)
+        self.checkpoint_epoch = self.epoch
+
+    # -- training --------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.amp)
+
+    def _batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        fmt = torch.channels_last if self.cfg.channels_last and x.dim() == 4 else torch.preserve_format
+        return x.to(self.device, non_blocking=True, memory_format=fmt), y.to(self.device, non_blocking=True)
+
+    def train_one_epoch(self) -> dict[str, float]:
+        cfg, procs = self.cfg, self.procs
+        self.ddp.train()
+        self.train_sampler.set_epoch(self.epoch)
+        self.loader_rng.manual_seed(cfg.seed * 100_003 + procs.rank + 7919 * (self.epoch + 1))
+        regularizer = getattr(self.method, "regularizer", None)
+        after_step = getattr(self.method, "after_step", None)
+        images = self.steps_per_epoch * cfg.batch_size * procs.world
+        bar = tqdm(total=images, unit="img", unit_scale=True, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not (procs.main and cfg.progress), leave=False, dynamic_ncols=True)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        start = time.perf_counter()
+        for x, y in self.train_loader:
+            x, y = self._batch(x, y)
+            with self._autocast():
+                logits, aux = _logits(self.ddp(x))
+                task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                for a in aux:
+                    task = task + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = task + regularizer() if regularizer is not None else task
+            # One all-reduce gives the mean loss for the log and, since a NaN or inf anywhere
+            # makes the sum non-finite, lets every process stop at the same step.
+            both = _all_reduce(torch.stack([loss.detach(), task.detach()]).double(), procs) / procs.world
+            if not bool(torch.isfinite(both[0])):
+                raise TrainingDiverged(self._diverged_message(float(both[0])))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if after_step is not None:
+                after_step(self.step)
+            sums += both
+            bar.update(cfg.batch_size * procs.world)
+            bar.set_postfix(loss=f"{float(both[0]):.4f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start
+        n = max(1, self.steps_per_epoch)
+        return {"train_loss": float(sums[0]) / n, "task_loss": float(sums[1]) / n,
+                "img_per_s": images / max(seconds, 1e-9), "epoch_seconds": seconds}
+
+    def _diverged_message(self, value: float) -> str:
+        if self.checkpoint_epoch is not None and self.out is not None:
+            kept = f"the last good checkpoint {self.out / CHECKPOINT} (epoch {self.checkpoint_epoch}) is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        return (f"the loss became {value} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, {kept}. "
+                "Try a lower --lr (or --ltp-lambda), --clip-grad-norm, or --amp-dtype bf16")
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, desc: str) -> dict[str, float]:
+        """top-1, top-5 and the loss on the whole validation set (shards summed over processes)."""
+        model, procs = self.model, self.procs
+        was_training = model.training
+        model.eval()
+        k = min(5, self.data.num_classes)
+        stats = torch.zeros(4, dtype=torch.float64, device=self.device)  # top1, topk, loss sum, count
+        for x, y in tqdm(self.val_loader, desc=desc, leave=False, disable=not (procs.main and self.cfg.progress)):
+            x, y = self._batch(x, y)
+            with self._autocast():
+                logits, _ = _logits(model(x))
+            logits = logits.float()
+            hits = logits.topk(k, dim=1).indices.eq(y[:, None])
+            stats += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), F.cross_entropy(logits, y, reduction="sum"),
+                                  torch.tensor(len(y), device=self.device)]).double()
+        model.train(was_training)
+        stats = _all_reduce(stats, procs)
+        n = max(1.0, float(stats[3]))
+        return {"top1": float(stats[0]) / n, "top5": float(stats[1]) / n, "val_loss": float(stats[2]) / n}
+
+    def _sync_replicas(self) -> None:
+        """Give every process rank 0's buffers (batch-norm statistics drift apart under DDP)
+        and check that the parameters (thresholds included) are identical on every process."""
+        if not self.procs.distributed:
+            return
+        for b in self.model.buffers():
+            dist.broadcast(b, 0)
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        for p in self.model.parameters():
+            total += p.detach().double().sum()
+        spread = torch.cat([total, -total])
+        dist.all_reduce(spread, op=dist.ReduceOp.MAX)
+        if float(spread[0] + spread[1]) > 1e-9 * max(1.0, abs(float(total))):
+            raise RuntimeError("the model replicas differ across processes; a method or layer updates "
+                               "parameters differently on each process")
+
+    def measure(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the soft and the hard network, count sparsity and FLOPs; record the trail."""
+        self._sync_replicas()
+        method, model = self.method, self.model
+        soft = self.evaluate("eval")
+        hard_ctx = getattr(method, "hard_masks", None)
+        if hard_ctx is not None:
+            with hard_ctx():
+                hard = self.evaluate("eval hard")
+        else:
+            hard = soft
+        if method is not None:
+            layer_sparsity = dict(method.sparsity())
+        else:
+            layer_sparsity = {}
+            with torch.no_grad():
+                for name, m in prunable_layers(model):
+                    layer_sparsity[name] = float((m.weight == 0).float().mean())
+            sizes = {name: m.weight.numel() for name, m in prunable_layers(model)}
+            layer_sparsity["total"] = sum(layer_sparsity[n] * s for n, s in sizes.items()) / max(1, sum(sizes.values()))
+        total = float(layer_sparsity.pop("total"))
+        record = {"top1": soft["top1"], "top5": soft["top5"], "val_loss": soft["val_loss"],
+                  "hard_top1": hard["top1"], "hard_top5": hard["top5"], "hard_val_loss": hard["val_loss"],
+                  "lr": self.optimizer.param_groups[0]["lr"], **extra}
+        if hasattr(method, "band_fraction"):
+            record["band_fraction"] = float(method.band_fraction())
+        thresholds = getattr(method, "thresholds", None)
+        if isinstance(thresholds, dict):
+            record["thresholds"] = {n: float(t.detach()) for n, t in thresholds.items()}
+        flops = None
+        with contextlib.suppress(Exception):  # FLOPs are informative; a model the counter cannot trace has none
+            densities = {n: 1.0 - s for n, s in layer_sparsity.items()}
+            with hard_ctx() if hard_ctx is not None else contextlib.nullcontext():
+                flops = count_flops(model, self.example, densities)
+        state = None
+        if self.cfg.trail_checkpoints and self.trail.directory is not None:
+            state = method.hard_state_dict() if hasattr(method, "hard_state_dict") else model.state_dict()
+        entry = self.trail.record(step=self.step, epoch=self.epoch, sparsity=min(1.0, max(0.0, total)),
+                                  layer_sparsity=layer_sparsity, soft_accuracy=soft["top1"],
+                                  hard_accuracy=hard["top1"], flops=flops, state_dict=state, **record)
+        return entry
+
+    def summary(self, entry: dict[str, Any]) -> str:
+        parts = [f"epoch {self.epoch}/{self.cfg.epochs}", f"step {self.step}"]
+        if "train_loss" in entry:
+            parts.append(f"loss {entry['train_loss']:.4f}")
+        parts += [f"top1 {entry['top1']:.4f}", f"hard {entry['hard_top1']:.4f}", f"top5 {entry['top5']:.4f}"]
+        if "sparsity" in entry:
+            parts.append(f"sparsity {entry['sparsity']:.4f} ({entry['compression']:.2f}x)")
+        if entry.get("img_per_s"):
+            parts.append(f"{entry['img_per_s']:.0f} img/s")
+        return "  ".join(parts)
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Run the training `cfg` describes (see the module docstring) and return its result.
+    Under torchrun every process calls this. Raises UsageError for bad input and
+    TrainingDiverged when the loss becomes NaN or inf."""
+    procs = _init_processes(cfg)
+    try:
+        r = _Run(cfg, procs)
+        error = None
+        try:
+            r.setup()
+        except Exception as e:  # every process must learn of it, or the others wait forever
+            error = e
+        _agree(procs, error)
+        r.wrap()
+        for note in r.notes:
+            r.say(f"note: {note}")
+        d = r.data
+        backend = dist.get_backend() if procs.distributed else "single process"
+        r.say(f"{PROG}: {cfg.model} on {cfg.dataset} ({d.num_classes} classes, {len(d.train)} train / {len(d.val)} val "
+              f"images), method {cfg.method}, {procs.world} process(es) ({backend}, {r.device})"
+              + ("" if cfg.test_only else f", output {r.out}"))
+        if cfg.test_only:
+            last = r.measure({})
+            r.say(json.dumps({k: last[k] for k in ("top1", "top5", "hard_top1", "hard_top5", "val_loss")
+                              if k in last} | {"sparsity": last.get("sparsity")}))
+            return RunResult(r.model, r.method, r.trail, cfg, None, last)
+        last: dict[str, Any] = {}
+        if not r.trail.records:  # the starting network is the trail's first record
+            last = r.measure({})
+            r.say(r.summary(last))
+        while r.epoch < cfg.epochs:
+            stats = r.train_one_epoch()
+            r.scheduler.step()
+            r.epoch += 1
+            if r.epoch % cfg.eval_every == 0 or r.epoch == cfg.epochs:
+                last = r.measure(stats)
+                r.say(r.summary(last))
+            r.save_checkpoint()
+        if r.trail.records and not last:
+            last = r.trail.records[-1]
+        r.say(f"{PROG}: done; {len(r.trail)} evaluations in {r.out / 'trail.json'}"
+              + (f", checkpoint {r.out / CHECKPOINT}" if r.checkpoint_epoch is not None else ""))
+        return RunResult(r.model, r.method, r.trail, cfg, r.out, last)
+    finally:
+        if procs.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ltp-train` / `python -m ltp_core.train`: returns the exit status (see the module docstring)."""
+    rank = int(os.environ.get("RANK", "0"))
+    show_traceback = os.environ.get("LTP_TRACEBACK", "") not in ("", "0")
+
+    def fail(message: str, code: int) -> int:
+        if rank == 0:
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        cfg = parse_args(argv)
+        run(cfg)
+        return 0
+    except UsageError as e:
+        if show_traceback:
+            raise
+        return fail(str(e), 2)
+    except _PeerFailed as e:
+        return fail(str(e), 1)
+    except TrainingDiverged as e:
+        if show_traceback:
+            raise
+        return fail(str(e), 1)
+    except KeyboardInterrupt:
+        return fail("interrupted; the last checkpoint is kept", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

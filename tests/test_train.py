@@ -1,0 +1,380 @@
+"""The training engine (`ltp_core.train`) and its CLI schema (`ltp_core.cli`).
+
+The end-to-end runs use tiny datasets written in the real layouts by `data/make_tiny_imagenet.py`:
+a 2-process torchrun (gloo) run on an ImageNet-layout folder, a 1-process run on a CIFAR-10
+pickle folder, an exact `--resume`, clean one-line errors, head replacement with
+`--pretrained`, a NaN stop that keeps the last good checkpoint, and the AMP / channels_last
+paths (CUDA ones skip without a GPU).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ltp_core import LTP, train
+from ltp_core.cli import UsageError, make_config, method_options, parse_args
+from ltp_core.data import SyntheticImages, build_datasets
+from ltp_core.models import get_model
+from ltp_core.trail import Trail
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+VOLATILE = {"img_per_s", "epoch_seconds"}
+TINY = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for the in-process runs: these tiny models gain nothing from more,
+    and on a shared machine extra threads only contend (10x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _samples_module():
+    spec = importlib.util.spec_from_file_location("make_tiny_imagenet", ROOT / "data" / "make_tiny_imagenet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory) -> Path:
+    return _samples_module().make_tiny_imagenet(tmp_path_factory.mktemp("data") / "tiny-imagenet")
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory) -> Path:
+    return _samples_module().make_cifar10_sample(tmp_path_factory.mktemp("data") / "tiny-cifar10", per_batch=8)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LTP_TRACEBACK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _checkpoint(out: Path) -> dict:
+    return torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+
+
+def _synthetic(out: Path, *extra: str) -> list[str]:
+    """Flags of a tiny synthetic run (16 images of 8x8, 4 classes, CIFAR ResNet-20)."""
+    return ["--dataset", "synthetic", "--synthetic-size", "16", "--synthetic-classes", "4", "--train-crop-size", "8",
+            "--model", "resnet20", "-b", "8", "--epochs", "1", "--lr", "0.05", "-j", "0", "--device", "cpu",
+            "--no-progress", "--output-dir", str(out), *extra]
+
+
+# -- end-to-end runs -----------------------------------------------------------------------
+
+def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ltp_core.train",
+           "--dataset", "imagenet", "--data-path", str(tiny_imagenet), *TINY, "--model", "mobilenet_v3_small",
+           "--epochs", "2", "-b", "4", "--lr", "0.01", "--ltp-lambda", "1", "--ltp-t0", "0.05",
+           "--ltp-threshold-lr", "1e-5", "-j", "0", "--device", "cpu", "--no-progress", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # rank 0 alone prints (and writes): one header, one summary line per evaluation
+    assert proc.stdout.count("ltp-train: mobilenet_v3_small on imagenet (3 classes, 24 train / 12 val") == 1
+    assert "2 process(es) (gloo, cpu)" in proc.stdout
+    assert proc.stdout.count("epoch 2/2") == 1
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert files == ["args.yaml", "checkpoint.pth", "trail", "trail.json", "trail/step_00000000.pt",
+                     "trail/step_00000003.pt", "trail/step_00000006.pt"]  # no temporary files left
+    trail = Trail.load(out)
+    assert [(r["epoch"], r["step"]) for r in trail] == [(0, 0), (1, 3), (2, 6)]
+    last = trail[-1]
+    for key in ("top1", "top5", "hard_top1", "hard_top5", "soft_accuracy", "hard_accuracy", "sparsity",
+                "compression", "flops", "layer_sparsity", "thresholds", "img_per_s"):
+        assert last[key] is not None, key
+    assert 0 < last["sparsity"] < 1 and last["flops"] < trail[0]["flops"]
+    assert set(last["layer_sparsity"]) == set(last["thresholds"])
+    ckpt = _checkpoint(out)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 6 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert ckpt["model"]["classifier.3.bias"].shape == (3,)  # the head has the folder's 3 classes
+    hard = trail.load_checkpoint(last)
+    model = get_model("mobilenet_v3_small", 3)
+    model.load_state_dict(hard)  # a plain network, strictly loadable
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    assert args["model"] == "mobilenet_v3_small" and args["batch_size"] == 4
+
+
+def test_single_process_on_cifar10_folder(tiny_cifar, tmp_path):
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "ltp_core.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar), "--model", "resnet20",
+           "--epochs", "1", "-b", "8", "--lr", "0.05", "--ltp-exclude", "first", "last", "-j", "0", "--no-progress",
+           "--output-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resnet20 on cifar10 (10 classes, 40 train / 8 val images)" in proc.stdout
+    assert "differ from the official CIFAR-10 release" in proc.stdout
+    trail = Trail.load(out)
+    assert len(trail) == 2 and trail[-1]["step"] == 5
+    assert "conv1" not in trail[-1]["layer_sparsity"] and "fc" not in trail[-1]["layer_sparsity"]
+    ckpt = _checkpoint(out)
+    assert ckpt["classes"][0] == "airplane" and ckpt["model"]["fc.bias"].shape == (10,)
+    # args.yaml repeats the run: the same settings come back through --config
+    again = parse_args(["--config", str(out / "args.yaml")])
+    assert again == make_config(**yaml.safe_load((out / "args.yaml").read_text()))
+    assert again.ltp_exclude == ["first", "last"] and again.model == "resnet20"
+
+
+def test_resume_continues_exactly(tiny_imagenet, tmp_path, monkeypatch):
+    """Two epochs in one go equal one epoch, a crash, and --resume (augmentation, dropout and
+    data order included: the RNG states are checkpointed)."""
+    flags = ["--dataset", "imagenet", "--data-path", str(tiny_imagenet), *TINY, "--model", "mobilenet_v3_small",
+             "--epochs", "2", "-b", "8", "--lr", "0.01", "--ltp-t0", "0.05", "--ltp-threshold-lr", "1e-5", "-j", "0",
+             "--device", "cpu", "--no-progress", "--no-trail-checkpoints"]
+    whole = train.run(parse_args([*flags, "--output-dir", str(tmp_path / "whole")]))
+
+    original = train._Run.train_one_epoch
+
+    def crash_in_second_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train._Run, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(parse_args([*flags, "--output-dir", str(tmp_path / "split")]))
+    assert _checkpoint(tmp_path / "split")["epoch"] == 1
+    monkeypatch.setattr(train._Run, "train_one_epoch", original)
+    resumed = train.run(parse_args([*flags, "--output-dir", str(tmp_path / "split"), "--resume"]))
+
+    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "split")
+    assert a["step"] == b["step"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+    strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in Trail.load(tmp_path / "whole")]
+    assert strip == [{k: v for k, v in r.items() if k not in VOLATILE} for r in Trail.load(tmp_path / "split")]
+    assert whole.last["hard_top1"] == resumed.last["hard_top1"]
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    """Every file write is gated by rank 0: a process that is not rank 0 leaves no trace."""
+    monkeypatch.setattr(train._Procs, "main", property(lambda self: False))
+    result = train.run(parse_args(_synthetic(tmp_path / "run", "--method", "none")))
+    assert not (tmp_path / "run").exists()
+    assert result.method is None and result.last["sparsity"] == 0.0  # measured, not recorded
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    original = train._Run.train_one_epoch
+
+    def poison_second_epoch(self):
+        if self.epoch == 1:
+            monkeypatch.setattr(SyntheticImages, "__getitem__", lambda s, i: (torch.full((3, 8, 8), float("nan")), 0))
+        return original(self)
+
+    monkeypatch.setattr(train._Run, "train_one_epoch", poison_second_epoch)
+    flags = _synthetic(out)
+    flags[flags.index("--epochs") + 1] = "3"
+    assert train.main(flags) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "the loss became nan at epoch 2, step 3" in err and "(epoch 1) is kept" in err
+    ckpt = _checkpoint(out)
+    assert ckpt["epoch"] == 1 and len(ckpt["trail"]) == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(Trail.load(out)) == 2
+
+
+# -- pretrained weights and the head -------------------------------------------------------
+
+def test_pretrained_weights_load_with_the_head_replaced(tiny_imagenet, tmp_path, capsys):
+    torch.manual_seed(1)
+    source = get_model("resnet20", 10)
+    ltp = LTP(source, temperature=0.05)
+    with torch.no_grad():
+        for tau in ltp.thresholds.values():
+            tau.fill_(1e-3)
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "ten_classes.pth")  # a checkpoint.pth shape
+    expected = ltp.hard_state_dict()
+
+    result = train.run(parse_args(["--dataset", "imagenet", "--data-path", str(tiny_imagenet), *TINY,
+                                   "--model", "resnet20", "--pretrained", str(tmp_path / "ten_classes.pth"),
+                                   "--method", "none", "--test-only", "-j", "0", "--no-progress"]))
+    model = result.model
+    assert model.fc.weight.shape == (3, 64)
+    assert torch.equal(model.conv1.weight, expected["conv1.weight"])  # hard-pruned weights came across
+    assert torch.equal(model.layer3[2].bn2.running_var, expected["layer3.2.bn2.running_var"])
+    assert not torch.equal(model.fc.weight, expected["fc.weight"][:3])
+    out = capsys.readouterr().out
+    assert "replaced the 3-class head (fc.bias, fc.weight; the file has 10 classes)" in out
+    assert json.loads(out.strip().splitlines()[-1])["top1"] >= 0
+
+    torch.save(get_model("resnet32", 10).state_dict(), tmp_path / "resnet32.pth")
+    with pytest.raises(UsageError, match="does not fit this model: missing"):
+        train.load_pretrained(get_model("resnet20", 3), tmp_path / "resnet32.pth", 3)
+
+
+# -- clean errors --------------------------------------------------------------------------
+
+def test_missing_folder_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([PY, "-m", "ltp_core.train", "--dataset", "imagenet", "--data-path",
+                           str(tmp_path / "nowhere"), "--no-progress"], capture_output=True, text=True, env=_env(),
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"ltp-train: error: ImageNet folder {tmp_path / 'nowhere'} not found; expected "
+                                   f"{tmp_path / 'nowhere'}/train/<class>/<image> and {tmp_path / 'nowhere'}/val/"
+                                   "<class>/<image> (ImageFolder layout, see data/README.md)")
+    assert not (tmp_path / "runs").exists()
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert train.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("ltp-train: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
+    malformed = tmp_path / "malformed"
+    (malformed / "train").mkdir(parents=True)
+    (malformed / "val").mkdir()
+    assert "malformed/train is malformed: Couldn't find any class folder" in _one_line_error(
+        capsys, ["--dataset", "imagenet", "--data-path", str(malformed)])
+    (malformed / "train" / "cat").mkdir()
+    (malformed / "train" / "cat" / "notes.txt").write_text("not an image")
+    assert "Found no valid file for the classes cat" in _one_line_error(
+        capsys, ["--dataset", "imagenet", "--data-path", str(malformed)])
+    assert "lacks data_batch_1" in _one_line_error(capsys, ["--dataset", "cifar10", "--data-path", str(tiny_imagenet)])
+    broken = tmp_path / "broken-cifar"
+    shutil.copytree(tiny_cifar, broken)
+    (broken / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage\n")
+    assert f"{broken}/cifar-10-batches-py/data_batch_3 is malformed" in _one_line_error(
+        capsys, ["--dataset", "cifar10", "--data-path", str(broken)])
+
+    assert "--lr (lr): expected a number, got 'fast'" in _one_line_error(capsys, ["--lr", "fast"])
+    assert "--batch-size (batch_size): must be > 0, got 0" in _one_line_error(capsys, ["-b", "0"])
+    assert "invalid choice: 'mnist'" in _one_line_error(capsys, ["--dataset", "mnist"])
+    assert "--epochs (epochs): must be >= 0" in _one_line_error(capsys, ["--epochs", "-1"])
+    assert "unrecognized arguments: --learning-rate" in _one_line_error(capsys, ["--learning-rate", "1"])
+    assert "unknown pruning method 'ltpp'" in _one_line_error(capsys, ["--method", "ltpp", "--dataset", "synthetic"])
+    assert "options of --method ltp" in _one_line_error(capsys, ["--method", "none", "--ltp-lambda", "1",
+                                                                 "--dataset", "synthetic"])
+
+    run = tmp_path / "out"
+    assert re.search(r"unknown model 'resnet21' \(did you mean [^)]*resnet20", _one_line_error(
+        capsys, _synthetic(run, "--model", "resnet21")))
+    if importlib.util.find_spec("timm") is None:
+        assert "comes from timm, which is not installed: pip install timm" in _one_line_error(
+            capsys, _synthetic(run, "--model", "mixnet_s"))
+    assert "--method ltp: temperature (T0) must be a number > 0" in _one_line_error(
+        capsys, _synthetic(run, "--method-opt", "temperature=-1"))
+    assert "is larger than the 16 training images" in _one_line_error(capsys, _synthetic(run, "-b", "32"))
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    assert f"--resume: cannot read {garbage}: not a PyTorch checkpoint or damaged" in _one_line_error(
+        capsys, _synthetic(run, "--resume", str(garbage)))
+    assert f"--pretrained: cannot read {garbage} as PyTorch weights" in _one_line_error(
+        capsys, _synthetic(run, "--pretrained", str(garbage)))
+    torch.save({"model": {}}, tmp_path / "partial.pth")
+    assert "is not an ltp-train checkpoint (it lacks optimizer" in _one_line_error(
+        capsys, _synthetic(run, "--resume", str(tmp_path / "partial.pth")))
+    assert "--resume: no checkpoint at" in _one_line_error(capsys, _synthetic(run, "--resume"))
+    assert not run.exists()  # no failed start wrote anything
+
+    (run / "checkpoint.pth").parent.mkdir()
+    (run / "checkpoint.pth").write_bytes(b"precious")
+    assert "already holds a run (checkpoint.pth); pass --resume" in _one_line_error(capsys, _synthetic(run))
+    assert (run / "checkpoint.pth").read_bytes() == b"precious"
+
+
+# -- the configuration schema --------------------------------------------------------------
+
+def test_yaml_config_flags_and_method_options(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: synthetic\nlr: 1e-3\nbatch-size: 16\nmethod_opt: {normalize: false}\n"
+                      "ltp_exclude: first\namp: true\n")
+    cfg = parse_args(["--config", str(config), "--lr", "0.5", "--method-opt", "init_threshold=1e-4",
+                      "--ltp-t0", "0.02", "--ltp-exclude", "fc", "last", "--no-amp"])
+    assert (cfg.dataset, cfg.lr, cfg.batch_size, cfg.amp) == ("synthetic", 0.5, 16, False)
+    assert cfg.method_opt == {"normalize": False, "init_threshold": 1e-4}
+    assert method_options(cfg) == {"normalize": False, "init_threshold": 1e-4, "temperature": 0.02,
+                                   "exclude": ["fc"], "exclude_last": True}
+    assert parse_args(["--config", str(config)]).lr == 1e-3  # YAML reads 1e-3 as a string: still a number
+    assert make_config(dataset="synthetic", wd=0.0).weight_decay == 0.0
+    with pytest.raises(UsageError, match=r"unknown setting 'learning_rate'"):
+        make_config(learning_rate=0.1)
+    config.write_text("epoch: 3\n")
+    with pytest.raises(UsageError, match=r"unknown setting 'epoch' \(did you mean epochs"):
+        parse_args(["--config", str(config)])
+    with pytest.raises(UsageError, match="given both"):
+        method_options(make_config(dataset="synthetic", ltp_t0=0.1, method_opt={"temperature": 0.2}))
+    with pytest.raises(UsageError, match="--dataset imagenet needs --data-path"):
+        make_config()
+    with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
+        make_config(dataset="synthetic", device="gpu")
+
+
+def test_get_model_by_name():
+    sizes = {name: sum(p.numel() for p in get_model(name, 10).parameters()) for name in ("resnet20", "resnet32",
+                                                                                        "resnet56")}
+    assert sizes == {"resnet20": 269_722, "resnet32": 464_154, "resnet56": 853_018}  # He et al.: 0.27M/0.46M/0.85M
+    b = get_model("resnet20", 10, shortcut="B")
+    assert sum(p.numel() for p in b.parameters()) > sizes["resnet20"]  # 1x1 projections on the shortcuts
+    x = torch.randn(2, 3, 32, 32)
+    assert b(x).shape == (2, 10)
+    assert get_model("shufflenet_v2_x0_5", 7).fc.out_features == 7  # torchvision by name
+    assert get_model("mlp", 3, in_channels=1, image_size=8)(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    if importlib.util.find_spec("timm") is None:
+        with pytest.raises(ValueError, match="pip install timm"):
+            get_model("mixnet_s", 10)
+    with pytest.raises(ValueError, match="unknown model 'vgg17'"):
+        get_model("vgg17", 10)
+
+
+def test_datasets_by_name(tiny_imagenet):
+    d = build_datasets("imagenet", tiny_imagenet, train_crop_size=24, val_resize_size=32, val_crop_size=28)
+    assert (d.num_classes, len(d.train), len(d.val), d.sample_shape) == (3, 24, 12, (3, 28, 28))
+    assert d.train[0][0].shape == (3, 24, 24)
+    s = build_datasets("synthetic", train_crop_size=8, synthetic_size=40, synthetic_classes=4)
+    assert (len(s.train), len(s.val), s.num_classes) == (40, 10, 4)
+    assert torch.equal(s.train[3][0], s.train[3][0]) and not torch.equal(s.train[3][0], s.val[3][0])
+    g = build_datasets("digits", channels=1)
+    assert g.sample_shape == (1, 8, 8) and len(g.train) == 1347
+
+
+# -- precision and memory format -----------------------------------------------------------
+
+@pytest.mark.parametrize("device,dtype,channels_last", [
+    ("cpu", "bf16", True),
+    pytest.param("cuda", "bf16", True, marks=needs_cuda),
+    pytest.param("cuda", "fp16", True, marks=needs_cuda),
+    pytest.param("cuda", "fp16", False, marks=needs_cuda),
+])
+def test_amp_and_channels_last(tmp_path, device, dtype, channels_last):
+    flags = _synthetic(tmp_path / "run", "--device", device, "--amp", "--amp-dtype", dtype)
+    flags[flags.index("--epochs") + 1] = "2"
+    if channels_last:
+        flags.append("--channels-last")
+    result = train.run(parse_args(flags))
+    assert result.model.conv1.parametrizations.weight.original.is_contiguous(
+        memory_format=torch.channels_last) == channels_last
+    assert next(result.model.parameters()).device.type == device
+    trail = Trail.load(tmp_path / "run")
+    assert len(trail) == 3 and all(0 <= r["hard_top1"] <= 1 for r in trail)
+    ckpt = _checkpoint(tmp_path / "run")
+    assert bool(ckpt["scaler"]) == (dtype == "fp16")  # the gradient scaler only with fp16
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
