@@ -110,6 +110,10 @@ class TrainConfig:
                                                 "units of w**2 and its gradient scales like 1/T, so with SGD it is "
                                                 "usually far below --lr (e.g. 1e-5)",
                                           kind="optfloat", check=_positive, group="method")
+    target_sparsity: float | None = _opt(None, "LTP: the hard sparsity to reach and hold, a fraction in [0, 1); "
+                                               "lambda_ then adapts (starting at --ltp-lambda) and the thresholds "
+                                               "are held on course (see LTP.after_step)",
+                                         kind="optfloat", check=_fraction, group="method")
     # optimization
     epochs: int = _opt(90, "number of epochs in total (a resumed run continues up to it)", kind="int",
                        check=_non_negative, group="optimization")
@@ -290,7 +294,8 @@ def _check_consistency(cfg: TrainConfig) -> None:
     valid = [*method_names(), "none"]
     if cfg.method not in valid:
         raise UsageError(f"--method: unknown pruning method {cfg.method!r}; choose from {', '.join(valid)}")
-    ltp_given = [f"--{n.replace('_', '-')}" for n in ("ltp_lambda", "ltp_t0", "ltp_threshold_lr", "ltp_exclude")
+    ltp_given = [f"--{n.replace('_', '-')}" for n in ("ltp_lambda", "ltp_t0", "ltp_threshold_lr", "ltp_exclude",
+                                                      "target_sparsity")
                  if getattr(cfg, n) not in (None, [])]
     if ltp_given and cfg.method != "ltp":
         raise UsageError(f"{', '.join(ltp_given)}: options of --method ltp, but this run uses --method {cfg.method} "
@@ -315,6 +320,8 @@ def method_options(cfg: TrainConfig) -> dict[str, Any]:
         ltp["lambda_"] = cfg.ltp_lambda
     if cfg.ltp_t0 is not None:
         ltp["temperature"] = cfg.ltp_t0
+    if cfg.target_sparsity is not None:
+        ltp["target_sparsity"] = cfg.target_sparsity
     names = [n for n in cfg.ltp_exclude if n not in ("first", "last")]
     if names:
         ltp["exclude"] = names

@@ -13,6 +13,7 @@ Each prunable layer's `weight` gets a `torch.nn.utils.parametrize` parametrizati
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -101,22 +102,25 @@ class LTP:
             and comparable across networks. False gives the raw soft count.
         layer_weights: optional {layer name: factor} multiplying each layer's soft-L0 (the
             "pruning preference"; e.g. a layer's FLOP share). Missing layers weigh 1.
-        target_sparsity: a fraction in [0, 1): instead of a fixed lambda_, every training call
-            of `regularizer()` sets it from the error e = target - hard sparsity with a PI
-            controller, lambda_ = I + target_gain * e and I <- I + target_integral_gain * e
-            (I starts at the given lambda_; the integral is dual ascent on the constraint
-            sparsity = target). lambda_ turns negative above the target, which lets tau fall
-            back after an overshoot. Proportional control suits thresholds trained by Adam,
-            whose step hardly grows with lambda_ once the L0 term dominates.
-        target_gain, target_integral_gain: the controller's gains (lambda_ per unit of
-            sparsity error, and per unit of error per call).
+        target_sparsity: a fraction in [0, 1), or None (default: lambda_ stays fixed). With a
+            target, training drives the hard sparsity to it and holds it there, with no lambda_
+            sweep: `after_step()` (called after every optimizer step by `fit` and `ltp-train`;
+            call it yourself in a hand-written loop) projects the thresholds onto the sparsity
+            the run must have now, and updates lambda_ as the Lagrange multiplier of that
+            constraint. See `after_step` for the rule.
+        target_pace: in (0, 1]; the slowest approach allowed: the required sparsity closes this
+            fraction of its remaining gap to the target every step (about ln(gap / 0.02) /
+            target_pace steps to come within 2 points; 0.02 -> ~190 steps from dense to 0.9).
+            The learned thresholds may get there sooner; 1 prunes to the target at once.
+        target_lambda_lr: >= 0; the dual-ascent rate of lambda_ (lambda_ per unit of sparsity
+            the projection had to add, per step). 0 keeps lambda_ at its starting value.
     """
 
     def __init__(self, model: nn.Module, *, temperature: float = 1e-2, lambda_: float = 1.0,
                  exclude: Iterable[str] = (), exclude_first: bool = False, exclude_last: bool = False,
                  exact_weight_grad: bool = False, init_threshold: float = 0.0, normalize: bool = True,
                  layer_weights: dict[str, float] | None = None, target_sparsity: float | None = None,
-                 target_gain: float = 20.0, target_integral_gain: float = 0.05) -> None:
+                 target_pace: float = 0.02, target_lambda_lr: float = 1.0) -> None:
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature (T0) must be a number > 0, got {temperature!r}")
         if not (isinstance(lambda_, (int, float)) and lambda_ >= 0):
@@ -124,9 +128,10 @@ class LTP:
         if target_sparsity is not None and not (isinstance(target_sparsity, (int, float))
                                                 and 0.0 <= target_sparsity < 1.0):
             raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
-        for name, gain in (("target_gain", target_gain), ("target_integral_gain", target_integral_gain)):
-            if not (isinstance(gain, (int, float)) and gain >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {gain!r}")
+        if not (isinstance(target_pace, (int, float)) and 0.0 < target_pace <= 1.0):
+            raise ValueError(f"target_pace must be a number in (0, 1], got {target_pace!r}")
+        if not (isinstance(target_lambda_lr, (int, float)) and target_lambda_lr >= 0):
+            raise ValueError(f"target_lambda_lr must be a number >= 0, got {target_lambda_lr!r}")
         if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
             raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
         candidates = prunable_layers(model)
@@ -152,9 +157,10 @@ class LTP:
         self.t0 = float(temperature)
         self.normalize = bool(normalize)
         self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
-        self.target_gain = float(target_gain)
-        self.target_integral_gain = float(target_integral_gain)
-        self._lambda_integral = 0.0 if target_sparsity is not None else float(lambda_)
+        self.target_pace = float(target_pace)
+        self.target_lambda_lr = float(target_lambda_lr)
+        self._required: float | None = None  # the sparsity the run must have now (target mode)
+        self._calls_without_step = 0
         self.layer_weights = dict(layer_weights or {})
         self.layers: dict[str, nn.Module] = {}
         for name, module in layers:
@@ -166,6 +172,7 @@ class LTP:
             self.layers[name] = module
         self.num_prunable = sum(self._original(m).numel() for m in self.layers.values())
         self.finalized = False
+        self._initial_sparsity = self.sparsity()["total"] if target_sparsity is not None else 0.0
 
     # -- access ----------------------------------------------------------------------------
     @staticmethod
@@ -218,14 +225,115 @@ class LTP:
     def regularizer(self) -> Tensor:
         """lambda_ * soft_l0(): the term to add to the task loss.
 
-        With `target_sparsity` set, a call with gradients enabled (a training step) first
-        updates lambda_ towards the target (see the class docstring); call it once per step.
+        With `target_sparsity` set, lambda_ is updated by `after_step()`, which must run after
+        every optimizer step; a warning says so when training calls come without it.
         """
         if self.target_sparsity is not None and torch.is_grad_enabled():
-            error = self.target_sparsity - self.sparsity()["total"]
-            self.lambda_ = self._lambda_integral + self.target_gain * error
-            self._lambda_integral += self.target_integral_gain * error
+            self._calls_without_step += 1
+            if self._calls_without_step == self._WARN_AFTER:
+                warnings.warn(f"LTP(target_sparsity={self.target_sparsity}): regularizer() was called "
+                              f"{self._WARN_AFTER} times without after_step(); call ltp.after_step() after "
+                              "every optimizer step, or the sparsity is not controlled", RuntimeWarning,
+                              stacklevel=2)
         return self.lambda_ * self.soft_l0()
+
+    # -- target sparsity -------------------------------------------------------------------
+    _WARN_AFTER = 50
+    _LAMBDA_STEP_CLIP = 0.05  # most sparsity error one dual-ascent step counts (anti-windup)
+    # A drift this small (0.02 points) is left alone: it spares the per-layer selection (kthvalue)
+    # on most steps once the target is held, at no visible cost in accuracy of the hold.
+    _PROJECT_DEADBAND = 2e-4
+
+    @torch.no_grad()
+    def after_step(self, step: int | None = None) -> None:
+        """Per-step hook (call after every optimizer step): enforces `target_sparsity`.
+
+        A no-op without a target. With target s, let q be the hard sparsity the optimizer step
+        left and r the required sparsity of the previous step (the sparsity at construction,
+        at first). Then:
+
+        1. r moves towards s by `target_pace` (r <- r + pace * (s - r)), and the sparsity to
+           hold now is q clipped to the interval between r and s: the learned thresholds are
+           free while they lie between the pace's minimum progress and the target, and are
+           held to that interval otherwise (no overshoot past s; no lagging behind r).
+        2. Projection: when q is outside the interval (by more than 0.02 points, so a held
+           target does not cost a selection per layer every step), every layer's threshold is
+           set (to the midpoint between two consecutive w**2) so that the hard sparsity is the
+           clipped value, the layers keeping their proportions: to prune more, every layer
+           keeps the same fraction of its surviving weights; to prune less, every layer
+           restores the same fraction of its pruned ones. How the sparsity is spread over the layers stays
+           learned; only its total is imposed. This is what makes the approach and the hold
+           independent of the optimizer and its learning rates (with Adam, tau moves at about
+           threshold_lr per step whatever lambda_ is, so lambda_ alone cannot set the pace).
+        3. Dual ascent: lambda_ <- max(0, lambda_ + target_lambda_lr * e), e = the sparsity the
+           projection added (negative: removed), clipped to +-0.05. lambda_ is the multiplier
+           of the constraint: it grows while the optimizer prunes too little on its own and
+           shrinks while it prunes too much, so the projection has less and less to do.
+
+        `step` (optimizer steps done) is accepted for the method protocol and unused. Under
+        DistributedDataParallel every process computes the same result from the same weights.
+        """
+        self._check_live()
+        self._calls_without_step = 0
+        if self.target_sparsity is None:
+            return
+        modules = list(self.layers.values())
+        weights = [self._original(m) for m in modules]
+        taus = [self._mask(m).threshold for m in modules]
+        kept = torch.stack([hard_mask(w, t).sum() for w, t in zip(weights, taus)]).tolist()
+        total, target = self.num_prunable, self.target_sparsity
+        now = 1.0 - sum(kept) / total
+        required = self._initial_sparsity if self._required is None else self._required
+        required += self.target_pace * (target - required)
+        if abs(target - required) < 0.5 / total:
+            required = target
+        low, high = min(required, target), max(required, target)
+        hold = min(high, max(low, now))
+        self._required = hold
+        error = hold - now
+        step_error = max(-self._LAMBDA_STEP_CLIP, min(self._LAMBDA_STEP_CLIP, error))
+        self.lambda_ = max(0.0, self.lambda_ + self.target_lambda_lr * step_error)
+        if abs(error) > self._PROJECT_DEADBAND:
+            self._project(weights, taus, kept, hold)
+
+    def _project(self, weights: list[Tensor], taus: list[Tensor], kept: list[int], sparsity: float) -> None:
+        """Set the thresholds so that the total hard sparsity is `sparsity`, scaling every
+        layer's surviving (to prune more) or pruned (to prune less) count by one factor."""
+        total = self.num_prunable
+        goal_kept = round((1.0 - sparsity) * total)
+        now_kept = sum(kept)
+        if goal_kept < now_kept:
+            ratio = goal_kept / now_kept
+            new = [max(min(k, 1), round(k * ratio)) for k in kept]  # a layer keeps >= 1 weight
+        else:
+            pruned = [w.numel() - k for w, k in zip(weights, kept)]
+            ratio = (total - goal_kept) / max(1, sum(pruned))
+            new = [w.numel() - round(p * ratio) for w, p in zip(weights, pruned)]
+        for w, tau, k, k_new in zip(weights, taus, kept, new):
+            if k_new == k:
+                continue
+            n = w.numel()
+            if k_new >= n:
+                tau.zero_()  # keep everything (but exact zeros)
+                continue
+            w2 = w.detach().float().square().flatten()
+            below = torch.kthvalue(w2, n - k_new).values  # the largest pruned w**2
+            above = w2.masked_fill(w2 <= below, float("inf")).min()  # the smallest kept one
+            tau.copy_(torch.where(torch.isfinite(above), (below + above) / 2, below))
+
+    def state_dict(self) -> dict[str, float | None]:
+        """The controller's state (lambda_ and the required sparsity), for checkpoints; the
+        thresholds themselves are in the model's state_dict."""
+        return {"lambda_": float(self.lambda_), "required_sparsity": self._required}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        """Restore what `state_dict()` returned (a resumed run continues its control)."""
+        missing = {"lambda_", "required_sparsity"} - set(state)
+        if missing:
+            raise ValueError(f"LTP state lacks {sorted(missing)}; expected the dict LTP.state_dict() returns")
+        self.lambda_ = float(state["lambda_"])
+        required = state["required_sparsity"]
+        self._required = None if required is None else float(required)
 
     # -- measurements ----------------------------------------------------------------------
     @torch.no_grad()

@@ -191,7 +191,8 @@ class Trail:
             raise ValueError("pick needs min_accuracy=, max_sparsity= or both")
         if not self.records:
             raise ValueError("the trail is empty")
-        known = sorted({k for r in self.records for k in r if "accuracy" in k})
+        known = sorted({k for r in self.records for k, v in r.items()
+                        if isinstance(v, (int, float)) and k not in ("step", "epoch", "sparsity", "compression", "flops")})
         if accuracy_key not in known:
             raise ValueError(f"accuracy_key {accuracy_key!r} is not in the records; available: {known}")
 

@@ -1,0 +1,412 @@
+"""Deploying a pruned network: a plain state_dict, a compact sparse file, ONNX, sparse inference.
+
+    model = ltp.finalize()                          # plain architecture, pruned weights exactly 0
+    save_sparse(model, "net.ltps")                  # size follows the number of nonzeros
+    state = load_sparse("net.ltps")                 # the exact state_dict back
+    plain_model.load_state_dict(state)              # strict: the torchvision/timm/ltp_core class
+    export_onnx(model, example_input, "net.onnx")   # needs the onnx + onnxscript packages
+    fast = to_sparse_inference(model)               # Linear layers with CSR weights (inference)
+
+The sparse file is written with `torch.save` and holds only plain containers (a dict, a list,
+str, int) and tensors, so `torch.load(path, weights_only=True)` reads it and nothing is
+unpickled but data. Each tensor is stored in whichever encoding is smallest:
+
+- `dense`: the tensor as is (biases, batch-norm statistics, integer buffers, dense layers);
+- `bitmask`: one bit per element (set = stored) plus the stored values, n/8 + nnz * itemsize
+  bytes: at 90% sparsity a float32 weight takes 13% of its dense size;
+- `indices`: the flat positions (int32, or int64 past 2**31 elements) plus the values,
+  nnz * (4 + itemsize) bytes: smaller than the bitmask above ~97% sparsity (float32).
+
+`load_sparse` returns tensors equal to the saved ones (`torch.equal`), in the saved key order,
+contiguous, on the CPU. The one bit it does not keep is the sign of a zero: a hard-pruned
+weight w * 0 is -0.0 for negative w, and comes back as +0.0 (equal under ==, and it makes no
+difference to any output but the sign of an exactly zero one).
+
+Sparse inference: torch has no sparse convolution, but its CSR matrix product (MKL on x86
+CPUs, cuSPARSE on GPUs) beats a dense Linear when the weight is large and very sparse.
+Measured on one CPU thread (float32, batch 64): a 1024x1024 layer runs ~3x faster at 90%
+sparsity and ~6x at 95%, while a 256x64 layer gains nothing and small batches of small
+layers get slower. `compare_inference` measures it for your model; do not assume.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .trail import atomic_save
+
+__all__ = ["SPARSE_FORMAT", "SPARSE_VERSION", "SparseFormatError", "plain_state_dict", "save_sparse", "load_sparse",
+           "sparse_summary", "onnx_available", "ONNX_INSTALL_HINT", "export_onnx", "onnx_forward", "SparseLinear",
+           "to_sparse_inference", "compare_inference"]
+
+SPARSE_FORMAT = "ltp-sparse"
+SPARSE_VERSION = 1
+ENCODINGS = ("dense", "bitmask", "indices")
+# torch.save puts every tensor's storage in its own record of the zip archive (name, header,
+# 64-byte alignment); an extra tensor is worth encoding only if it saves more than this.
+_RECORD_OVERHEAD = 256
+
+
+class SparseFormatError(ValueError):
+    """The file is not an ltp-sparse file, is damaged, or was written by a newer version."""
+
+
+# -- a plain state_dict ----------------------------------------------------------------------
+
+def plain_state_dict(source: Any) -> dict[str, Tensor]:
+    """The deployable state_dict of `source`, detached, on the CPU, in the source's key order.
+
+    `source` is a plain (e.g. finalized) `nn.Module`, a pruning method with
+    `hard_state_dict()` (LTP and the baselines: the hard-pruned weights, without changing the
+    model), or a state_dict mapping. A model that still carries LTP's parametrizations is
+    refused: its keys (`...parametrizations.weight.original`) do not load into the plain
+    architecture; finalize it or pass the LTP object instead.
+    """
+    if hasattr(source, "hard_state_dict") and not isinstance(source, nn.Module):
+        if getattr(source, "finalized", False):
+            source = source.model
+        else:
+            source = source.hard_state_dict()
+    if isinstance(source, nn.Module):
+        source = source.state_dict()
+    if not isinstance(source, Mapping):
+        raise TypeError(f"expected an nn.Module, a pruning method or a state_dict, got {type(source).__name__}")
+    out: dict[str, Tensor] = {}
+    for key, value in source.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise TypeError(f"a state_dict maps names to tensors; {key!r} holds {type(value).__name__}")
+        if ".parametrizations." in f".{key}":
+            raise ValueError(f"{key!r} belongs to a parametrized (unfinalized) model; call ltp.finalize() first, "
+                             "or pass the LTP object (its hard_state_dict() is the plain, hard-pruned one)")
+        out[key] = value.detach().cpu()
+    return out
+
+
+# -- the sparse file -------------------------------------------------------------------------
+
+def _pack_bits(mask: Tensor) -> Tensor:
+    """bool (n,) -> uint8 (ceil(n / 8),), element i in bit i % 8 of byte i // 8."""
+    pad = (-mask.numel()) % 8
+    if pad:
+        mask = torch.cat([mask, mask.new_zeros(pad)])
+    bits = mask.view(-1, 8).to(torch.int32) << torch.arange(8, dtype=torch.int32)
+    return bits.sum(1).to(torch.uint8)
+
+
+def _unpack_bits(packed: Tensor, n: int) -> Tensor:
+    bits = (packed.to(torch.int32).unsqueeze(1) >> torch.arange(8, dtype=torch.int32)) & 1
+    return bits.view(-1)[:n].bool()
+
+
+
+
+def _encode(name: str, tensor: Tensor) -> dict[str, Any]:
+    t = tensor.detach().cpu()
+    entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+    n = t.numel()
+    if t.dtype == torch.bool or t.is_complex() or t.is_quantized or n == 0 or t.layout != torch.strided:
+        return {**entry, "encoding": "dense", "data": t.clone().contiguous()}
+    flat = t.reshape(-1)
+    keep = flat != 0
+    nnz = int(keep.sum())
+    item = t.element_size()
+    index_size = 4 if n < 2**31 else 8
+    costs = {"dense": n * item,
+             "bitmask": math.ceil(n / 8) + nnz * item + _RECORD_OVERHEAD,
+             "indices": nnz * (index_size + item) + _RECORD_OVERHEAD}
+    encoding = min(ENCODINGS, key=lambda e: (costs[e], ENCODINGS.index(e)))
+    if encoding == "dense":
+        return {**entry, "encoding": "dense", "data": t.clone().contiguous()}
+    values = flat[keep].clone()
+    if encoding == "bitmask":
+        return {**entry, "encoding": "bitmask", "mask": _pack_bits(keep), "values": values}
+    index_dtype = torch.int32 if index_size == 4 else torch.int64
+    return {**entry, "encoding": "indices", "indices": keep.nonzero().view(-1).to(index_dtype), "values": values}
+
+
+def save_sparse(source: Any, path: str | os.PathLike) -> Path:
+    """Write `source`'s deployable state_dict (see `plain_state_dict`) to `path` in the
+    ltp-sparse format (see the module docstring), atomically: a temporary file in the same
+    folder renamed into place, so an existing file survives a crash. Returns the path."""
+    state = plain_state_dict(source)
+    payload = {"format": SPARSE_FORMAT, "version": SPARSE_VERSION,
+               "tensors": [_encode(name, value) for name, value in state.items()]}
+    path = Path(path)
+    atomic_save(payload, path)
+    return path
+
+
+def _bad(path: Path, what: str) -> SparseFormatError:
+    return SparseFormatError(f"{path} is not a valid {SPARSE_FORMAT} file: {what}")
+
+
+def _dtype(path: Path, name: str, text: Any) -> torch.dtype:
+    dtype = getattr(torch, text, None) if isinstance(text, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise _bad(path, f"tensor {name!r} has an unknown dtype {text!r}")
+    return dtype
+
+
+def _decode(path: Path, entry: Any) -> tuple[str, Tensor]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise _bad(path, "a tensor entry is not a mapping with a name")
+    name, encoding, shape = entry["name"], entry.get("encoding"), entry.get("shape")
+    if encoding not in ENCODINGS:
+        raise _bad(path, f"tensor {name!r} has an unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise _bad(path, f"tensor {name!r} has a bad shape {shape!r}")
+    dtype = _dtype(path, name, entry.get("dtype"))
+    n = math.prod(shape)
+    if encoding == "dense":
+        data = entry.get("data")
+        if not torch.is_tensor(data) or data.dtype != dtype or list(data.shape) != shape:
+            raise _bad(path, f"tensor {name!r}: its data does not match dtype {dtype} and shape {shape}")
+        return name, data
+    values = entry.get("values")
+    if not torch.is_tensor(values) or values.dtype != dtype or values.dim() != 1:
+        raise _bad(path, f"tensor {name!r}: its values are not a 1-d {dtype} tensor")
+    if encoding == "bitmask":
+        mask = entry.get("mask")
+        if not torch.is_tensor(mask) or mask.dtype != torch.uint8 or mask.shape != (math.ceil(n / 8),):
+            raise _bad(path, f"tensor {name!r}: its bitmask does not cover {n} elements")
+        keep = _unpack_bits(mask, n)
+        if int(keep.sum()) != values.numel():
+            raise _bad(path, f"tensor {name!r}: the bitmask marks {int(keep.sum())} elements, "
+                             f"the file has {values.numel()} values")
+        flat = torch.zeros(n, dtype=dtype)
+        flat[keep] = values
+    else:
+        index = entry.get("indices")
+        if (not torch.is_tensor(index) or index.dtype not in (torch.int32, torch.int64) or index.dim() != 1
+                or index.numel() != values.numel()):
+            raise _bad(path, f"tensor {name!r}: its indices do not pair with its {values.numel()} values")
+        index = index.long()
+        increasing = bool((index[1:] > index[:-1]).all())
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n or not increasing):
+            raise _bad(path, f"tensor {name!r}: its indices are not increasing positions in [0, {n})")
+        flat = torch.zeros(n, dtype=dtype)
+        flat[index] = values
+    return name, flat.view(shape)
+
+
+def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state_dict a `save_sparse` file holds: every tensor equal to the saved one
+    (`torch.equal`; zeros come back as +0.0), in the saved order, contiguous, on the CPU
+    (move it with `model.to(...)` after loading). Read with `torch.load(weights_only=True)`.
+    Raises FileNotFoundError for a missing file and SparseFormatError (a ValueError) for
+    anything else that is not a complete ltp-sparse file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path} (expected an {SPARSE_FORMAT} file written by save_sparse)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, unpickling and storage errors all mean the same here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _bad(path, f"torch.load(weights_only=True) cannot read it ({type(e).__name__}: {first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SPARSE_FORMAT:
+        kind = f"a {type(payload).__name__}" if not isinstance(payload, dict) else "a mapping without format=ltp-sparse"
+        raise _bad(path, f"it holds {kind} (a plain state_dict? load it with torch.load)")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > SPARSE_VERSION:
+        raise SparseFormatError(f"{path} is {SPARSE_FORMAT} version {version!r}; this ltp_core reads versions up to "
+                                f"{SPARSE_VERSION} (upgrade ltp_core)")
+    tensors = payload.get("tensors")
+    if not isinstance(tensors, list):
+        raise _bad(path, "it has no tensor list")
+    out: dict[str, Tensor] = {}
+    for entry in tensors:
+        name, tensor = _decode(path, entry)
+        if name in out:
+            raise _bad(path, f"tensor {name!r} appears twice")
+        out[name] = tensor
+    return out
+
+
+def sparse_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per tensor of an ltp-sparse file: name, shape, encoding, elements, stored
+    values, and the bytes of its data (values + mask or indices, or the dense tensor)."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    load_sparse(path)  # validates, with the same errors
+    rows = []
+    for e in payload["tensors"]:
+        parts = [e[k] for k in ("data", "values", "mask", "indices") if k in e]
+        stored = e["data"].numel() if e["encoding"] == "dense" else e["values"].numel()
+        rows.append({"name": e["name"], "shape": tuple(e["shape"]), "encoding": e["encoding"],
+                     "elements": math.prod(e["shape"]), "stored": stored,
+                     "bytes": sum(p.numel() * p.element_size() for p in parts)})
+    return rows
+
+
+# -- ONNX ------------------------------------------------------------------------------------
+
+ONNX_INSTALL_HINT = "pip install 'onnx>=1.23' 'onnxscript>=0.7'"
+
+
+def onnx_available() -> bool:
+    """Whether `export_onnx` can run: torch's exporter needs the onnx and onnxscript packages."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
+
+
+def _refuse_parametrized(model: nn.Module, what: str) -> None:
+    bad = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if bad:
+        raise ValueError(f"{what} needs a plain model, but {bad[:3]} still carry parametrizations "
+                         "(LTP's masks): call ltp.finalize() first")
+
+
+def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike, *, opset_version: int | None = None,
+                dynamic_batch: bool = True, input_name: str = "input", output_name: str = "output",
+                check: bool = True) -> Path:
+    """Export a plain (finalized) model to one ONNX file with torch's exporter
+    (`torch.onnx.export(..., dynamo=True)`), in eval mode, weights inside the file.
+
+    `example_input` fixes every dimension but the first (the batch, kept dynamic unless
+    `dynamic_batch=False`). The file is written next to `path` and renamed into place after
+    `onnx.checker` accepted it (`check=True`). ONNX stores the pruned weights densely:
+    the format has no sparse initializers that runtimes use, so the file is as large as
+    the dense model's. Raises ImportError (with the pip command) when onnx or onnxscript is
+    missing, and ValueError for a model that still carries LTP's parametrizations.
+    """
+    if not onnx_available():
+        raise ImportError(f"ONNX export needs the onnx and onnxscript packages: {ONNX_INSTALL_HINT}")
+    _refuse_parametrized(model, "export_onnx")
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
+    os.close(fd)
+    was_training = model.training
+    model.eval()
+    try:
+        dynamic = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch else None
+        torch.onnx.export(model, (example_input,), tmp, dynamo=True, external_data=False, dynamic_shapes=dynamic,
+                          input_names=[input_name], output_names=[output_name], opset_version=opset_version,
+                          verbose=False)
+        if check:
+            onnx.checker.check_model(tmp, full_check=True)
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return path
+
+
+def onnx_forward(path: str | os.PathLike, x: Tensor) -> Tensor:
+    """Run an exported ONNX file on `x` (onnxruntime when installed, else onnx's reference
+    evaluator, slow but exact enough for checks) and return the first output as a tensor."""
+    import numpy as np
+
+    array = x.detach().cpu().numpy()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: array})[0]
+    else:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        proto = onnx.load(str(path))
+        out = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: array})[0]
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+# -- sparse inference ------------------------------------------------------------------------
+
+class SparseLinear(nn.Module):
+    """Inference-only stand-in for an `nn.Linear` whose weight is stored as a sparse CSR
+    matrix: y = x W^T + b computed as (W x^T)^T with torch's sparse-dense product (addmm).
+    The same function as the Linear it replaces, up to float summation order."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            self.register_buffer("weight", linear.weight.detach().to_sparse_csr())
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().unsqueeze(1))
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, self.in_features).t()
+        y = torch.addmm(self.bias, self.weight, rows) if self.bias is not None else self.weight @ rows
+        return y.t().reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def density(self) -> float:
+        return self.weight.values().numel() / (self.in_features * self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
+
+
+def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.9, *, inplace: bool = False) -> nn.Module:
+    """A copy of the plain `model` (or `model` itself with `inplace=True`) in which every
+    float32/float64 `nn.Linear` with at least `min_sparsity` of its weights exactly zero is a
+    `SparseLinear` (CSR). Convolutions stay dense: torch has no sparse convolution kernel.
+    For inference only (no gradients, not saveable with weights_only; deploy with
+    `save_sparse`). Whether it is faster depends on size, sparsity and batch: measure it
+    with `compare_inference`."""
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be a fraction in [0, 1], got {min_sparsity!r}")
+    _refuse_parametrized(model, "to_sparse_inference")
+    import copy
+
+    out = model if inplace else copy.deepcopy(model)
+    targets = [(name, m) for name, m in out.named_modules()
+               if type(m) is nn.Linear and m.weight.dtype in (torch.float32, torch.float64)
+               and float((m.weight == 0).float().mean()) >= min_sparsity]
+    if any(not name for name, _ in targets):
+        raise ValueError("to_sparse_inference converts the Linear layers inside a model, not a bare Linear; "
+                         "wrap it: nn.Sequential(linear)")
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent_name) if parent_name else out, child, SparseLinear(linear))
+    return out
+
+
+@torch.no_grad()
+def compare_inference(dense: nn.Module, sparse: nn.Module, x: Tensor, *, repeats: int = 30,
+                      warmup: int = 3) -> dict[str, float]:
+    """Time `dense(x)` and `sparse(x)` alternately (so machine noise hits both alike), in eval
+    mode; returns the medians in seconds, the speedup (dense / sparse, > 1: sparse faster)
+    and the largest absolute difference of their outputs."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    modes = [dense.training, sparse.training]
+    dense.eval(), sparse.eval()
+    try:
+        a, b = dense(x), sparse(x)
+        for _ in range(warmup):
+            dense(x), sparse(x)
+        times: dict[str, list[float]] = {"dense": [], "sparse": []}
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        for _ in range(repeats):
+            for key, model in (("dense", dense), ("sparse", sparse)):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                times[key].append(time.perf_counter() - start)
+    finally:
+        dense.train(modes[0]), sparse.train(modes[1])
+    d, s = statistics.median(times["dense"]), statistics.median(times["sparse"])
+    return {"dense_s": d, "sparse_s": s, "speedup": d / s if s > 0 else math.inf,
+            "max_abs_diff": float((a.float() - b.float()).abs().max()) if a.numel() else 0.0}
