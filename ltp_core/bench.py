@@ -104,6 +104,7 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 3, seed: i
         raise RuntimeError("the gpu preset needs a CUDA GPU; none is available here")
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    torch.set_flush_denormal(True)  # as fit and ltp-train do: denormal soft-masked weights are slow
     built = {v: _make_step(v, cfg, seed) for v in VARIANTS}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peak: dict[str, float | None] = {v: None for v in VARIANTS}

@@ -56,6 +56,9 @@ def fit(model: nn.Module, data: TensorSplit, optimizer: torch.optim.Optimizer, *
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if not (isinstance(eval_every, int) and eval_every > 0):
         raise ValueError(f"eval_every must be an int > 0, got {eval_every!r}")
+    # Soft-pruned weights w * sigmoid(very negative) are often denormal floats, which make
+    # CPU arithmetic several times slower (4x measured on digits); flush them to zero.
+    torch.set_flush_denormal(True)
     regularizer = getattr(method, "regularizer", None)
     after_step = getattr(method, "after_step", None)
     batches = loader(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)

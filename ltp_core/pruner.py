@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .flops import count_flops
 from .mask import SoftPrune, hard_mask, layer_temperature
 
 __all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers"]
@@ -353,6 +354,13 @@ class LTP:
             out[n], pruned = p / w.numel(), pruned + p
         out["total"] = pruned / self.num_prunable
         return out
+
+    def flops(self, example_input: Tensor) -> int:
+        """Effective FLOPs of one forward of `example_input` (e.g. one sample): the dense count
+        by `torch.utils.flop_counter`, each pruned layer's share scaled by its density."""
+        layer_sparsity = self.sparsity()
+        layer_sparsity.pop("total")
+        return count_flops(self.model, example_input, {n: 1.0 - s for n, s in layer_sparsity.items()})
 
     def compression(self) -> float:
         """Prunable weights / surviving weights (1 / (1 - sparsity)); inf when all are pruned."""
