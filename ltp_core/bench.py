@@ -5,7 +5,8 @@ every variant alike), it times full training steps — forward, task loss (+ λ�
 LTP), backward, optimizer step — and reports the median of many:
 
 - dense: the plain network;
-- ltp: the same network with `ltp_core.LTP` attached;
+- ltp: the same network with `ltp_core.LTP` attached (the default, eager mask);
+- ltp_fused: the same with `LTP(..., fused=True)` (the mask compiled into two kernels);
 - torch_prune: `torch.nn.utils.prune.global_unstructured` at 50% (a static mask multiplied in
   by a forward pre-hook), the usual peer for "what does a mask cost".
 
@@ -39,7 +40,7 @@ PRESETS = {
     "cpu": dict(model="resnet18", image_size=32, batch_size=128, device="cpu", amp=False, channels_last=False),
     "gpu": dict(model="resnet50", image_size=224, batch_size=256, device="cuda", amp=True, channels_last=True),
 }
-VARIANTS = ("dense", "ltp", "torch_prune")
+VARIANTS = ("dense", "ltp", "ltp_fused", "torch_prune")
 
 
 def _model(name: str, device: str, channels_last: bool) -> nn.Module:
@@ -57,8 +58,8 @@ def _make_step(variant: str, cfg: dict, seed: int) -> tuple[Callable[[], None], 
     device = cfg["device"]
     model = _model(cfg["model"], device, cfg["channels_last"])
     ltp = None
-    if variant == "ltp":
-        ltp = LTP(model, temperature=0.05, lambda_=1.0)
+    if variant in ("ltp", "ltp_fused"):
+        ltp = LTP(model, temperature=0.05, lambda_=1.0, fused=variant == "ltp_fused")
         params = ltp.param_groups(threshold_lr=1e-4)
     elif variant == "torch_prune":
         prune.global_unstructured([(m, "weight") for _, m in prunable_layers(model)],
@@ -136,8 +137,11 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 3, seed: i
         "median_step_s": median, "min_step_s": {v: min(ts) for v, ts in times.items()},
         "ratio_ltp_dense": median["ltp"] / median["dense"],
         "ratio_ltp_torch_prune": median["ltp"] / median["torch_prune"],
+        "ratio_ltp_fused_dense": median["ltp_fused"] / median["dense"],
+        "ratio_ltp_fused_torch_prune": median["ltp_fused"] / median["torch_prune"],
         "peak_memory_mib": peak,
         "memory_ratio_ltp_dense": (peak["ltp"] / peak["dense"]) if peak["dense"] else None,
+        "memory_ratio_ltp_fused_dense": (peak["ltp_fused"] / peak["dense"]) if peak["dense"] else None,
         "finalize_s": finalize_s,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine(),
@@ -156,7 +160,8 @@ def format_table(r: dict) -> str:
         mem = r["peak_memory_mib"][v]
         lines.append(f"| {v} | {1e3 * r['median_step_s'][v]:.1f} | {r['median_step_s'][v] / r['median_step_s']['dense']:.3f} "
                      f"| {'-' if mem is None else f'{mem:.0f}'} |")
-    lines += ["", f"LTP / dense = {r['ratio_ltp_dense']:.3f}, LTP / torch-prune = {r['ratio_ltp_torch_prune']:.3f}, "
+    lines += ["", f"LTP / dense = {r['ratio_ltp_dense']:.3f}, LTP / torch-prune = {r['ratio_ltp_torch_prune']:.3f}; "
+                  f"fused: {r['ratio_ltp_fused_dense']:.3f} and {r['ratio_ltp_fused_torch_prune']:.3f}; "
                   f"finalize() = {1e3 * r['finalize_s']:.1f} ms"]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .flops import count_flops
-from .mask import SoftPrune, hard_mask, layer_temperature
+from .mask import FusedSoftPrune, SoftPrune, hard_mask, layer_temperature
 
 __all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers"]
 
@@ -43,12 +43,13 @@ class ThresholdMask(nn.Module):
     """
 
     def __init__(self, weight: Tensor, t0: float, exact_weight_grad: bool = False,
-                 init_threshold: float = 0.0) -> None:
+                 init_threshold: float = 0.0, fused: bool = False) -> None:
         super().__init__()
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold), dtype=weight.dtype,
                                                    device=weight.device))
         self.t0 = float(t0)
         self.exact_weight_grad = bool(exact_weight_grad)
+        self.fused = bool(fused)  # compiled kernels (mask.FusedSoftPrune) instead of eager ops
         self.hard = False  # True: forward applies the deployment mask step(w**2 - tau)
         self.last_l0: Tensor | None = None
         self._l0_key: tuple | None = None
@@ -59,7 +60,7 @@ class ThresholdMask(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         if self.hard:
             return weight * hard_mask(weight, self.threshold.detach())
-        v, l0 = SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)
+        v, l0 = self._soft_prune(weight)
         self.last_l0 = l0
         self._l0_key = self._key(weight)
         return v
@@ -74,7 +75,12 @@ class ThresholdMask(nn.Module):
         when nothing changed since, else computed afresh."""
         if self.last_l0 is not None and self._l0_key == self._key(weight) and not self.hard:
             return self.last_l0
-        return SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)[1]
+        return self._soft_prune(weight)[1]
+
+    def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        if self.fused:
+            return FusedSoftPrune.apply(weight, self.threshold, self.t0, self.exact_weight_grad)
+        return SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)
 
     def __getstate__(self) -> dict:
         # The cached L0 carries an autograd graph: never copy or pickle it (deepcopy of a
@@ -97,6 +103,9 @@ class LTP:
         exclude: module names (as in `model.named_modules()`) left dense.
         exclude_first, exclude_last: leave the first / last prunable layer dense.
         exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
+        fused: True runs the mask's elementwise work as two torch.compile'd kernels
+            (`mask.FusedSoftPrune`) instead of eager ops: same math, fewer passes over the
+            weights; compiling costs seconds on first use. False (default) is plain eager.
         init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
         normalize: True (default) divides the soft-L0 by the number of prunable weights, so
             soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)
@@ -120,6 +129,7 @@ class LTP:
     def __init__(self, model: nn.Module, *, temperature: float = 1e-2, lambda_: float = 1.0,
                  exclude: Iterable[str] = (), exclude_first: bool = False, exclude_last: bool = False,
                  exact_weight_grad: bool = False, init_threshold: float = 0.0, normalize: bool = True,
+                 fused: bool = False,
                  layer_weights: dict[str, float] | None = None, target_sparsity: float | None = None,
                  target_pace: float = 0.02, target_lambda_lr: float = 1.0) -> None:
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -168,7 +178,7 @@ class LTP:
             if parametrize.is_parametrized(module, "weight"):
                 raise ValueError(f"layer {name!r} already has a weight parametrization; "
                                  "LTP attaches to plain Conv/Linear layers only")
-            mask = ThresholdMask(module.weight, temperature, exact_weight_grad, init_threshold)
+            mask = ThresholdMask(module.weight, temperature, exact_weight_grad, init_threshold, fused)
             parametrize.register_parametrization(module, "weight", mask)
             self.layers[name] = module
         self.num_prunable = sum(self._original(m).numel() for m in self.layers.values())

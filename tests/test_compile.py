@@ -38,3 +38,23 @@ def test_compiled_training_matches_eager():
     for a, b in zip(eager.parameters(), model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert all(ltp.thresholds[n].item() > 1e-3 for n in ltp.thresholds)  # the L0 term moved them
+
+
+def test_fused_kernels_match_the_eager_mask():
+    import copy
+
+    torch.manual_seed(0)
+    for exact in (False, True):
+        eager = small_cnn(channels=(4, 8))
+        fused = copy.deepcopy(eager)
+        pruners = [LTP(eager, exact_weight_grad=exact), LTP(fused, exact_weight_grad=exact, fused=True)]
+        for p in pruners:
+            with torch.no_grad():
+                for t in p.thresholds.values():
+                    t.fill_(2e-3)
+        x, y = torch.randn(4, 1, 8, 8), torch.randint(10, (4,))
+        for net, p in zip((eager, fused), pruners):
+            (F.cross_entropy(net(x), y) + p.regularizer()).backward()
+        torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
+        for a, b in zip(eager.parameters(), fused.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
