@@ -206,7 +206,7 @@ def run_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return {"args": args, "epoch": epoch}
 
 
-_IGNORED_FOR_IDENTITY = {"output_dir", "resume", "progress", "workers", "test_only"}
+_IGNORED_FOR_IDENTITY = {"output_dir", "resume", "progress", "workers", "test_only", "epochs"}  # more epochs: continue
 
 
 def prepare_run_dir(path: str | os.PathLike, cfg, policy: str = "overwrite") -> str:
