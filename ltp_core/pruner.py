@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from .flops import count_flops
 from .mask import FusedSoftPrune, SoftPrune, hard_mask, layer_temperature
 
-__all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers"]
+__all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -31,6 +31,26 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) for every Conv1d/2d/3d and Linear of `model`, in definition order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+def select_layers(model: nn.Module, exclude: Iterable[str] | str = (), exclude_first: bool = False,
+                  exclude_last: bool = False) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv1d/2d/3d and Linear of `model` but the excluded ones;
+    `exclude` names must be prunable layers and something must remain (ValueError otherwise)."""
+    candidates = prunable_layers(model)
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to prune")
+    names = [n for n, _ in candidates]
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        raise ValueError(f"exclude names {unknown} are not prunable layers of the model; valid names: {names}")
+    skip = set(exclude) | ({names[0]} if exclude_first else set()) | ({names[-1]} if exclude_last else set())
+    layers = [(n, m) for n, m in candidates if n not in skip]
+    if not layers:
+        raise ValueError(f"nothing left to prune: every prunable layer {names} is excluded")
+    return layers
+
 
 
 class ThresholdMask(nn.Module):
@@ -145,19 +165,7 @@ class LTP:
             raise ValueError(f"target_lambda_lr must be a number >= 0, got {target_lambda_lr!r}")
         if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
             raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
-        candidates = prunable_layers(model)
-        if not candidates:
-            raise ValueError(f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to prune")
-        names = [n for n, _ in candidates]
-        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
-        unknown = [n for n in exclude if n not in names]
-        if unknown:
-            raise ValueError(f"exclude names {unknown} are not prunable layers of the model; "
-                             f"valid names: {names}")
-        skip = set(exclude) | ({names[0]} if exclude_first else set()) | ({names[-1]} if exclude_last else set())
-        layers = [(n, m) for n, m in candidates if n not in skip]
-        if not layers:
-            raise ValueError(f"nothing left to prune: every prunable layer {names} is excluded")
+        layers = select_layers(model, exclude, exclude_first, exclude_last)
         if layer_weights:
             bad = sorted(set(layer_weights) - {n for n, _ in layers})
             if bad:

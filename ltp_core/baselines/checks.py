@@ -2,12 +2,12 @@
 the model's device, optimizer parameter groups."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..pruner import prunable_layers
+from ..pruner import select_layers  # noqa: F401  (re-exported for the baselines)
 
 __all__ = ["check_fraction", "check_number", "check_steps", "check_choice", "select_layers",
            "model_device", "split_groups"]
@@ -52,25 +52,6 @@ def check_choice(name: str, value, allowed: Sequence[str]) -> str:
 
 
 # -- which layers --------------------------------------------------------------------------
-def select_layers(model: nn.Module, exclude: Iterable[str] | str = (), exclude_first: bool = False,
-                  exclude_last: bool = False) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every Conv1d/2d/3d and Linear of `model` but the excluded ones,
-    with LTP's rules: `exclude` names must be prunable layers, something must remain."""
-    candidates = prunable_layers(model)
-    if not candidates:
-        raise ValueError(f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to prune")
-    names = [n for n, _ in candidates]
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
-    unknown = [n for n in exclude if n not in names]
-    if unknown:
-        raise ValueError(f"exclude names {unknown} are not prunable layers of the model; valid names: {names}")
-    skip = set(exclude) | ({names[0]} if exclude_first else set()) | ({names[-1]} if exclude_last else set())
-    layers = [(n, m) for n, m in candidates if n not in skip]
-    if not layers:
-        raise ValueError(f"nothing left to prune: every prunable layer {names} is excluded")
-    return layers
-
-
 def model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
