@@ -90,11 +90,16 @@ def _claims_and_metrics(metrics_path: Path) -> tuple[list[dict], dict[str, Any]]
         return [], {}
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a '|' would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def _format_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     text = json.dumps(v) if not isinstance(v, str) else v
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _cell(text if len(text) <= 60 else text[:57] + "...")
 
 
 def write_index(output_dir: Path, profile: str, results: dict[str, str]) -> Path:
@@ -110,8 +115,8 @@ def write_index(output_dir: Path, profile: str, results: dict[str, str]) -> Path
                       + ("The last good run is shown below." if claims or metrics else ""), ""]
         if claims:
             lines += ["| claim | holds | value | bound |", "|---|---|---|---|"]
-            lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {_format_value(c.get('value'))} "
-                      f"| {c.get('bound', '')} |" for c in claims]
+            lines += [f"| {_cell(c['claim'])} | {'yes' if c['holds'] else '**no**'} | {_format_value(c.get('value'))} "
+                      f"| {_cell(c.get('bound', ''))} |" for c in claims]
             lines.append("")
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
         if scalars:
