@@ -17,15 +17,6 @@ from ltp_core.methods import METHODS, build, method_names
 from ltp_core.models import mlp, small_cnn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one thread is much faster than two fighting over a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cnn_batch(n=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(10, (n,), generator=g)

@@ -21,14 +21,6 @@ from ltp_core.models import mlp, small_cnn
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason=f"needs onnx + onnxscript ({ex.ONNX_INSTALL_HINT})")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pruned(model: nn.Module, sparsity: float, seed: int = 0) -> LTP:
     """LTP attached and its thresholds projected to `sparsity` at once (no training needed)."""
     torch.manual_seed(seed)

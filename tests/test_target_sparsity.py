@@ -25,20 +25,9 @@ from ltp_core.trail import Trail
 TOLERANCE = 0.02  # the issue's +-2 points
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~100x slower with two contending intra-op threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dense_models():
     """{seed: (pretrained digits MLP, its data, its test accuracy)}: 10 epochs of Adam."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = {}
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
@@ -46,7 +35,6 @@ def dense_models():
         model = mlp()
         fit(model, data, torch.optim.Adam(model.parameters(), 1e-3), epochs=10, seed=seed, progress=False)
         out[seed] = (model, data, accuracy(model, data.x_test, data.y_test))
-    torch.set_num_threads(threads)
     return out
 
 

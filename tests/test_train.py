@@ -35,16 +35,6 @@ TINY = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size",
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread for the in-process runs: these tiny models gain nothing from more,
-    and on a shared machine extra threads only contend (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _samples_module():
     spec = importlib.util.spec_from_file_location("make_tiny_imagenet", ROOT / "data" / "make_tiny_imagenet.py")
     module = importlib.util.module_from_spec(spec)
