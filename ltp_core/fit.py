@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import TensorSplit, loader
+from .denormals import flush_denormals
 
 __all__ = ["PruningMethod", "accuracy", "fit"]
 
@@ -57,8 +58,9 @@ def fit(model: nn.Module, data: TensorSplit, optimizer: torch.optim.Optimizer, *
     if not (isinstance(eval_every, int) and eval_every > 0):
         raise ValueError(f"eval_every must be an int > 0, got {eval_every!r}")
     # Soft-pruned weights w * sigmoid(very negative) are often denormal floats, which make
-    # CPU arithmetic several times slower (4x measured on digits); flush them to zero.
-    torch.set_flush_denormal(True)
+    # CPU arithmetic several times slower (4x measured on digits); flush them to zero, in
+    # torch's worker threads too.
+    flush_denormals()
     regularizer = getattr(method, "regularizer", None)
     after_step = getattr(method, "after_step", None)
     batches = loader(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)

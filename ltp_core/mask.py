@@ -20,10 +20,14 @@ gradient to w either; tau always gets its full gradient.
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 from torch import Tensor
 
-__all__ = ["soft_mask", "hard_mask", "layer_temperature", "SoftPrune", "FusedSoftPrune", "soft_prune"]
+__all__ = ["soft_mask", "hard_mask", "layer_temperature", "SoftPrune", "FusedSoftPrune", "soft_prune",
+           "fused_kernels_work", "FUSED_MIN_WEIGHTS"]
 
 
 def soft_mask(weight: Tensor, threshold: Tensor | float, temperature: Tensor | float) -> Tensor:
@@ -105,25 +109,46 @@ class SoftPrune(torch.autograd.Function):
 #
 # Eager PyTorch makes about eleven passes over a layer's weights per step (two reductions for
 # T, five forward ops, four backward ones). torch.compile (Inductor) fuses each direction into
-# a kernel that reads the weights once or twice. Opt-in (`LTP(..., fused=True)`): compiling
-# takes seconds on first use (then cached on disk), and needs a C++ compiler on CPU.
+# one kernel: the forward reads w twice (T's two sums, then the mask) and writes v; the
+# backward reads the upstream gradient and w once and recomputes the mask. A ResNet-18 step's mask work takes about
+# half the eager time (see `python -m ltp_core.bench`). Compiling costs seconds once per
+# process (then cached on disk), and a call into compiled code costs ~50 us more than eager
+# ops, so `LTP` uses the compiled kernels by default only for layers of at least
+# FUSED_MIN_WEIGHTS weights, and only where they build (`fused_kernels_work`: on CPU Inductor
+# needs a C++ compiler, on CUDA Triton).
+
+FUSED_MIN_WEIGHTS = 1 << 16  # ~ where compiled and eager cost the same (CPU, 2 threads)
+
+
+def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
+    mean_abs = wf.abs().mean()
+    return (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(1e-12)
+
 
 def _fused_forward_math(w: Tensor, tau: Tensor, t0: float):
     wf = w.float()
-    mean_abs = wf.abs().mean()
-    temperature = (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(1e-12)
-    m = torch.sigmoid((wf * wf - tau.float()) / temperature)
-    return (wf * m).to(w.dtype), m.to(w.dtype), m.sum(), temperature
+    temperature = _fused_temperature(wf, t0)
+    # Scalars folded first, so the per-weight work is a multiply-add, an exp and one division
+    # (inside the sigmoid), not two divisions.
+    inv_t = 1 / temperature
+    m = torch.sigmoid(wf * wf * inv_t - tau.float() * inv_t)
+    return (wf * m).to(w.dtype), m.sum(), temperature
 
 
-def _fused_backward_math(grad_v: Tensor, grad_l0: Tensor, w: Tensor, m: Tensor, temperature: Tensor, exact: bool):
-    gv, wf, mf = grad_v.float(), w.float(), m.float()
+def _fused_backward_math(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor, temperature: Tensor,
+                         exact: bool):
+    # The mask is recomputed, not saved by the forward: on a CPU a ResNet-18 step measured
+    # slightly faster so (a sigmoid per weight costs less than writing m and reading it back),
+    # and it saves a weight-sized tensor per layer.
+    gv, wf = grad_v.float(), w.float()
+    inv_t = 1 / temperature
+    mf = torch.sigmoid(wf * wf * inv_t - tau.float() * inv_t)
     ds = mf * (1 - mf)
     upstream = gv * wf + grad_l0.float()
-    grad_tau = -(upstream * ds).sum() / temperature
+    grad_tau = -(upstream * ds).sum() * inv_t
     grad_w = gv * mf
     if exact:
-        grad_w = grad_w + (2 / temperature) * wf * ds * upstream
+        grad_w = grad_w + (2 * inv_t) * wf * ds * upstream
     return grad_w.to(w.dtype), grad_tau
 
 
@@ -137,24 +162,79 @@ def _kernel(name: str):
     return _KERNELS[name]
 
 
+def _probe(device_type: str) -> None:
+    # As many weights as the smallest layer that uses the kernels by default: Inductor's
+    # code for tiny sizes is guarded to them, so a tiny probe would serve no real layer.
+    w = torch.linspace(-1.0, 1.0, FUSED_MIN_WEIGHTS, device=device_type)
+    tau = torch.tensor(0.25, device=device_type)
+    _, l0, temperature = _kernel("forward")(w, tau, 0.5)
+    _kernel("backward")(torch.ones_like(w), torch.ones_like(l0), w, tau, temperature, False)
+
+
+@functools.cache
+def fused_kernels_work(device_type: str) -> bool:
+    """Whether the compiled mask kernels build and run on `device_type` ("cpu", "cuda", ...).
+
+    Checked once per process by compiling both directions for a FUSED_MIN_WEIGHTS-long weight
+    (the kernels are compiled for dynamic sizes, so this compile serves the layers that
+    follow). Any failure (no C++
+    compiler, no Triton, an unsupported platform) answers False, with one warning saying why.
+    """
+    try:  # under no_grad, as autograd runs the Function's forward and backward
+        with torch.no_grad():
+            _probe(device_type)
+        return True
+    except Exception as e:  # noqa: BLE001 - whatever stops the compiler, eager still works
+        warnings.warn(f"ltp_core: the compiled mask kernels do not build on {device_type!r} "
+                      f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                      "LTP uses the eager mask there (same math, slower)", RuntimeWarning, stacklevel=2)
+        return False
+
+
+def _memory_order(t: Tensor) -> list[int]:
+    """The permutation of t's dims from outermost to innermost in memory (identity when t is
+    contiguous, (0, 2, 3, 1) for a channels_last conv weight)."""
+    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+
+
+def _flat(t: Tensor, order: list[int]) -> Tensor:
+    # The elements in memory order as one dimension: no copy for any dense layout (the kernels,
+    # elementwise plus whole-tensor sums, are blind to order). The final detach makes it a
+    # tensor of its own, not a view: torch.compile guards on a view's base, whose shapes
+    # (3x3 vs 1x1 kernels, square or not) would each cost a recompile.
+    if order == sorted(order):  # the usual case: a contiguous weight
+        return t.reshape(-1).detach()
+    return t.permute(order).reshape(-1).detach()
+
+
+def _unflat(flat: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
+    # The inverse of _flat: `shape`, with the strides of the tensor `order` came from.
+    if order == sorted(order):
+        return flat.view(shape)
+    return flat.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
+
+
 class FusedSoftPrune(torch.autograd.Function):
     """(w, tau, t0) -> (v, L0): `SoftPrune` with T = t0 * Var(|w|) computed inside, each
-    direction one compiled kernel. Same values and gradients as the eager path (float32 math)."""
+    direction one compiled kernel. Same values and gradients as the eager path (float32 math).
+    v has w's layout (a channels_last weight gives a channels_last v)."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, threshold: Tensor, t0: float, exact: bool):
-        flat = weight.detach().reshape(-1)
-        v, m, l0, temperature = _kernel("forward")(flat, threshold.detach(), t0)
-        ctx.save_for_backward(flat, m, temperature)
-        ctx.exact, ctx.shape = exact, weight.shape
-        return v.view(weight.shape), l0
+        order = _memory_order(weight)
+        flat = _flat(weight, order)
+        tau = threshold.detach()
+        v, l0, temperature = _kernel("forward")(flat, tau, t0)
+        ctx.save_for_backward(flat, tau, temperature)
+        ctx.exact, ctx.order, ctx.shape = exact, order, weight.shape
+        return _unflat(v, weight.shape, order), l0
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
-        flat, m, temperature = ctx.saved_tensors
-        grad_w, grad_tau = _kernel("backward")(grad_v.reshape(-1), grad_l0, flat, m, temperature, ctx.exact)
-        return grad_w.view(ctx.shape), grad_tau.to(flat.dtype), None, None
+        flat, tau, temperature = ctx.saved_tensors
+        grad_w, grad_tau = _kernel("backward")(_flat(grad_v, ctx.order), grad_l0, flat, tau, temperature, ctx.exact)
+        return _unflat(grad_w, ctx.shape, ctx.order), grad_tau.to(flat.dtype), None, None
 
 
 def soft_prune(weight: Tensor, threshold: Tensor, temperature: Tensor, exact_weight_grad: bool = False

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .flops import count_flops
-from .mask import FusedSoftPrune, SoftPrune, hard_mask, layer_temperature
+from .mask import FUSED_MIN_WEIGHTS, FusedSoftPrune, SoftPrune, fused_kernels_work, hard_mask, layer_temperature
 
 __all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers"]
 
@@ -63,13 +63,15 @@ class ThresholdMask(nn.Module):
     """
 
     def __init__(self, weight: Tensor, t0: float, exact_weight_grad: bool = False,
-                 init_threshold: float = 0.0, fused: bool = False) -> None:
+                 init_threshold: float = 0.0, fused: bool | None = None) -> None:
         super().__init__()
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold), dtype=weight.dtype,
                                                    device=weight.device))
         self.t0 = float(t0)
         self.exact_weight_grad = bool(exact_weight_grad)
-        self.fused = bool(fused)  # compiled kernels (mask.FusedSoftPrune) instead of eager ops
+        # True: compiled kernels (mask.FusedSoftPrune); False: eager ops; None: compiled when
+        # the layer is big enough for it to pay and the kernels build on the weight's device.
+        self.fused = None if fused is None else bool(fused)
         self.hard = False  # True: forward applies the deployment mask step(w**2 - tau)
         self.last_l0: Tensor | None = None
         self._l0_key: tuple | None = None
@@ -97,8 +99,16 @@ class ThresholdMask(nn.Module):
             return self.last_l0
         return self._soft_prune(weight)[1]
 
+    def uses_fused(self, weight: Tensor) -> bool:
+        """Whether the forward for `weight` runs the compiled kernels (see `fused`)."""
+        if self.fused is not None:
+            return self.fused
+        # Inside a torch.compile'd model the eager ops are traced and fused with the rest.
+        return (weight.numel() >= FUSED_MIN_WEIGHTS and not torch.compiler.is_compiling()
+                and fused_kernels_work(weight.device.type))
+
     def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
-        if self.fused:
+        if self.uses_fused(weight):
             return FusedSoftPrune.apply(weight, self.threshold, self.t0, self.exact_weight_grad)
         return SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)
 
@@ -110,7 +120,7 @@ class ThresholdMask(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"t0={self.t0}, exact_weight_grad={self.exact_weight_grad}, hard={self.hard}"
+        return f"t0={self.t0}, exact_weight_grad={self.exact_weight_grad}, fused={self.fused}, hard={self.hard}"
 
 
 class LTP:
@@ -123,9 +133,13 @@ class LTP:
         exclude: module names (as in `model.named_modules()`) left dense.
         exclude_first, exclude_last: leave the first / last prunable layer dense.
         exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
-        fused: True runs the mask's elementwise work as two torch.compile'd kernels
-            (`mask.FusedSoftPrune`) instead of eager ops: same math, fewer passes over the
-            weights; compiling costs seconds on first use. False (default) is plain eager.
+        fused: how the mask's elementwise work runs. None (default): as two torch.compile'd
+            kernels (`mask.FusedSoftPrune`: same math, about half the passes over the weights)
+            for every layer of at least `mask.FUSED_MIN_WEIGHTS` (65536) weights, where the
+            kernels build on the device (checked once per process; else a warning and eager),
+            and as eager ops (`mask.SoftPrune`) for smaller layers, which gain nothing.
+            Compiling costs a few seconds once per process (cached on disk). True: compiled
+            for every layer (a failure to compile raises). False: eager everywhere.
         init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
         normalize: True (default) divides the soft-L0 by the number of prunable weights, so
             soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)
@@ -149,7 +163,7 @@ class LTP:
     def __init__(self, model: nn.Module, *, temperature: float = 1e-2, lambda_: float = 1.0,
                  exclude: Iterable[str] = (), exclude_first: bool = False, exclude_last: bool = False,
                  exact_weight_grad: bool = False, init_threshold: float = 0.0, normalize: bool = True,
-                 fused: bool = False,
+                 fused: bool | None = None,
                  layer_weights: dict[str, float] | None = None, target_sparsity: float | None = None,
                  target_pace: float = 0.02, target_lambda_lr: float = 1.0) -> None:
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -163,6 +177,8 @@ class LTP:
             raise ValueError(f"target_pace must be a number in (0, 1], got {target_pace!r}")
         if not (isinstance(target_lambda_lr, (int, float)) and target_lambda_lr >= 0):
             raise ValueError(f"target_lambda_lr must be a number >= 0, got {target_lambda_lr!r}")
+        if not (fused is None or isinstance(fused, bool)):
+            raise ValueError(f"fused must be None (automatic), True or False, got {fused!r}")
         if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
             raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
         layers = select_layers(model, exclude, exclude_first, exclude_last)

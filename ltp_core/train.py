@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from .cli import PROG, TrainConfig, UsageError, config_to_dict, method_options, parse_args
 from .data import DataError, ImageDatasets, build_datasets
+from .denormals import flush_denormals
 from .flops import count_flops
 from .models import PROJECT_MODELS, get_model
 from .pruner import prunable_layers
@@ -650,8 +651,9 @@ def run(cfg: TrainConfig) -> RunResult:
     Under torchrun every process calls this. Raises UsageError for bad input and
     TrainingDiverged when the loss becomes NaN or inf."""
     # Soft-pruned weights w * sigmoid(very negative) are often denormal floats, which make
-    # CPU arithmetic several times slower; flushing them to zero changes nothing else.
-    torch.set_flush_denormal(True)
+    # CPU arithmetic several times slower; flushing them to zero (in torch's worker threads
+    # too) changes nothing else.
+    flush_denormals()
     procs = _init_processes(cfg)
     try:
         r = _Run(cfg, procs)

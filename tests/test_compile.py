@@ -58,3 +58,110 @@ def test_fused_kernels_match_the_eager_mask():
         torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
         for a, b in zip(eager.parameters(), fused.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+# -- the compiled mask kernels (mask.FusedSoftPrune) as LTP's default for big layers ------------
+
+def _two_layer_mlp():
+    torch.manual_seed(0)
+    # 256 x 256 = 65536 weights: just big enough for the compiled kernels; 256 x 10 is not.
+    return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def test_default_compiles_big_layers_only_and_matches_eager():
+    import copy
+
+    from ltp_core.mask import FUSED_MIN_WEIGHTS, fused_kernels_work
+
+    assert fused_kernels_work("cpu")  # this machine has a C++ compiler
+    auto = _two_layer_mlp()
+    eager = copy.deepcopy(auto)
+    pruners = [LTP(auto, lambda_=1.0), LTP(eager, lambda_=1.0, fused=False)]
+    masks = [auto[i].parametrizations.weight[0] for i in (0, 2)]
+    assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, False]
+    assert auto[0].weight.numel() == FUSED_MIN_WEIGHTS
+    for p in pruners:
+        with torch.no_grad():
+            for t in p.thresholds.values():
+                t.fill_(1e-3)
+    x, y = torch.randn(16, 256), torch.randint(10, (16,))
+    for net, p in zip((auto, eager), pruners):
+        (F.cross_entropy(net(x), y) + p.regularizer()).backward()
+    torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
+    for a, b in zip(auto.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
+    from ltp_core.mask import FusedSoftPrune, SoftPrune, fused_kernels_work, layer_temperature
+
+    assert fused_kernels_work("cpu")  # compiles both directions once, for dynamic sizes
+    shapes = [(64, 32, 3, 3), (512, 128, 1, 1), (300, 250), (70000,)]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a new shape or layout must not recompile
+        for shape in shapes:
+            for channels_last in ((False, True) if len(shape) == 4 else (False,)):
+                w = torch.randn(shape) * 0.05
+                if channels_last:
+                    w = w.to(memory_format=torch.channels_last)
+                w.requires_grad_()
+                tau = torch.tensor(2e-3, requires_grad=True)
+                v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)
+                assert v.stride() == w.stride()  # channels_last in, channels_last out: no copy
+                g = torch.randn(shape)
+                grads = torch.autograd.grad((v * g).sum() + 0.5 * l0, (w, tau))
+                assert grads[0].stride() == w.stride()
+                w2, tau2 = w.detach().clone().requires_grad_(), tau.detach().clone().requires_grad_()
+                v2, l02 = SoftPrune.apply(w2, tau2, layer_temperature(w2, 0.1), False)
+                expected = torch.autograd.grad((v2 * g).sum() + 0.5 * l02, (w2, tau2))
+                torch.testing.assert_close(v, v2)
+                torch.testing.assert_close(l0, l02, rtol=1e-5, atol=1e-3)
+                for a, b in zip(grads, expected):
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_without_a_working_compiler_the_default_falls_back_to_eager(monkeypatch):
+    import pytest
+
+    from ltp_core import mask
+
+    def broken(name):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(mask, "_kernel", broken)
+    mask.fused_kernels_work.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"do not build on 'cpu' \(RuntimeError: InvalidCxxCompiler"):
+            assert not mask.fused_kernels_work("cpu")
+        net = _two_layer_mlp()
+        ltp = LTP(net)
+        assert not net[0].parametrizations.weight[0].uses_fused(net[0].parametrizations.weight.original)
+        (net(torch.randn(4, 256)).sum() + ltp.regularizer()).backward()  # eager, no error
+        with pytest.raises(RuntimeError, match="InvalidCxxCompiler"):  # asked for explicitly: it surfaces
+            LTP(_two_layer_mlp(), fused=True)
+    finally:
+        mask.fused_kernels_work.cache_clear()  # the next test probes the real compiler again
+
+
+def test_fused_option_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="fused must be None"):
+        LTP(_two_layer_mlp(), fused="auto")
+
+
+def test_whole_model_compile_with_a_big_layer_matches_eager():
+    # Under an outer torch.compile the mask's eager ops are traced (and fused) with the model.
+    import copy
+
+    eager = _two_layer_mlp()
+    model = copy.deepcopy(eager)
+    pruners = [LTP(eager), LTP(model)]
+    compiled = torch.compile(model)
+    x, y = torch.randn(16, 256), torch.randint(10, (16,))
+    for net, p in zip((eager, compiled), pruners):
+        with torch.no_grad():
+            for t in p.thresholds.values():
+                t.fill_(1e-3)
+        (F.cross_entropy(net(x), y) + p.regularizer()).backward()
+    for a, b in zip(eager.parameters(), model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,37 @@
+"""`python -m ltp_core.bench` runs end to end (one tiny step per variant; no timing asserted)."""
+import json
+
+import pytest
+import torch
+
+from ltp_core import bench
+
+
+def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "sub" / "bench.json"
+    code = bench.main(["--preset", "cpu", "--steps", "2", "--warmup", "1", "--batch-size", "2",
+                       "--image-size", "16", "--output", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for variant in bench.VARIANTS:
+        assert f"| {variant} |" in printed
+    result = json.loads(out.read_text())
+    assert set(result["median_step_s"]) == set(bench.VARIANTS)
+    assert all(t > 0 for t in result["median_step_s"].values())
+    med = result["median_step_s"]
+    assert result["ratio_ltp_dense"] == pytest.approx(med["ltp"] / med["dense"])
+    assert result["ratio_ltp_eager_torch_prune"] == pytest.approx(med["ltp_eager"] / med["torch_prune"])
+    # ResNet-18's 13 layers of >= 65536 weights run the compiled kernels, the other 8 eager.
+    assert (result["ltp_compiled_layers"], result["ltp_layers"]) == (13, 21)
+    assert result["finalize_s"] > 0 and result["torch"] and result["date"]
+    assert result["peak_memory_mib"]["dense"] is None  # CPU: no peak memory
+
+
+def test_bench_rejects_bad_input(capsys):
+    assert bench.main(["--preset", "cpu", "--steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "tpu"])
+    if not torch.cuda.is_available():
+        assert bench.main(["--preset", "gpu"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""flush_denormals: denormal results become 0 in torch's worker threads too, not just the caller's."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ltp_core import flush_denormals
+
+# Two threads, started before the flags are set (as in any session that made a tensor first);
+# 1e-20 ** 2 = 1e-40 is a denormal float32, and the product is split across both threads.
+_SCRIPT = """
+import torch
+from ltp_core import flush_denormals
+torch.set_num_threads(2)
+tiny = torch.full((1 << 20,), 1e-20)
+(tiny * tiny).sum()
+{flush}
+print(torch.count_nonzero(tiny * tiny).item())
+"""
+
+
+def _denormals_left(flush: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(flush=flush)], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reaches the OpenMP team through /proc/self/maps")
+def test_denormal_results_are_zero_in_every_thread():
+    # torch's own call leaves the worker thread's half of the products denormal...
+    assert _denormals_left("torch.set_flush_denormal(True)") > 0
+    # ...flush_denormals reaches it too
+    assert _denormals_left("assert flush_denormals()") == 0
+
+
+def test_flush_denormals_with_one_thread_covers_the_caller():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert flush_denormals() is False  # no team to reach
+        tiny = torch.full((8,), 1e-20)
+        assert torch.count_nonzero(tiny * tiny) == 0
+    finally:
+        torch.set_num_threads(threads)
