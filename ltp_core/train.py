@@ -35,14 +35,12 @@ import inspect
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -55,6 +53,8 @@ from .data import DataError, ImageDatasets, build_datasets
 from .denormals import flush_denormals
 from .flops import count_flops
 from .models import PROJECT_MODELS, get_model
+from .pretrained import first_line, load_pretrained
+from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
 from .pruner import prunable_layers
 from .trail import Trail, atomic_save, atomic_write_bytes
 
@@ -69,10 +69,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message says where and which checkpoint is kept."""
 
 
-class _PeerFailed(RuntimeError):
-    """Another process failed during setup; its message is carried here."""
-
-
 @dataclass
 class RunResult:
     """What `run` returns: the trained model (the bare module, not the DDP wrapper, with the
@@ -83,173 +79,6 @@ class RunResult:
     config: TrainConfig
     output_dir: Path | None
     last: dict[str, Any] = field(default_factory=dict)
-
-
-# -- processes and devices -----------------------------------------------------------------
-
-@dataclass
-class _Procs:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    count = torch.cuda.device_count()
-    index = local_rank if (world > 1 or name == "cuda") else int(name.split(":")[1])
-    if index >= count:
-        raise UsageError(f"--device {name}: needs GPU {index} but this machine has {count} "
-                         f"(run at most {count} processes per node)")
-    return torch.device("cuda", index)
-
-
-def _init_processes(cfg: TrainConfig) -> _Procs:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(cfg.device, local_rank, world)
-    procs = _Procs(rank, world, local_rank, device)
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        procs.owns_group = True
-    return procs
-
-
-def _agree(procs: _Procs, error: BaseException | None) -> None:
-    """Every process learns whether any failed (so none waits forever in a collective);
-    this process's own error is re-raised, else the first peer's message as _PeerFailed."""
-    if procs.distributed:
-        messages: list[Any] = [None] * procs.world
-        dist.all_gather_object(messages, None if error is None else f"{error}")
-        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-        if failed and error is None:
-            raise _PeerFailed(f"process {failed[0][0]} failed: {failed[0][1]}")
-    if error is not None:
-        raise error
-
-
-def _all_reduce(t: Tensor, procs: _Procs, op=None) -> Tensor:
-    if procs.distributed:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-# -- RNG state (checkpointed per process) --------------------------------------------------
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "python": [int(v) for v in random.getstate()[1]],
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# -- model: pretrained weights and the head ------------------------------------------------
-
-def _plain_state(obj: Any, path: Path) -> dict[str, Tensor]:
-    """The state_dict inside a weights file: a plain state_dict, or {'model': ...} /
-    {'state_dict': ...}; 'module.' prefixes dropped; a pruned (parametrized) layer's weight
-    given as its hard-pruned value."""
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())):
-        raise UsageError(f"--pretrained: {path} holds no state_dict (expected a mapping of parameter names to "
-                         "tensors, or a checkpoint with a 'model' or 'state_dict' entry)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-    suffix, tau_suffix = "parametrizations.weight.original", "parametrizations.weight.0.threshold"
-    for key in [k for k in state if k.endswith(suffix)]:
-        base = key[: -len(suffix)]
-        w = state.pop(key)
-        tau = state.pop(base + tau_suffix, None)
-        state[base + "weight"] = w * (w * w > tau) if tau is not None else w
-    return state
-
-
-def load_pretrained(model: nn.Module, path: str | os.PathLike, num_classes: int) -> str:
-    """Load a local weights file into `model` (a plain, not yet pruned network). Tensors whose
-    shape differs only in the first dimension, where the model has `num_classes`, are the
-    classifier head: they keep the model's fresh initialization. Any other difference is a
-    UsageError naming the tensors. Returns a one-line report."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--pretrained: no such file {path} (a local weights file; nothing is downloaded)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"--pretrained: cannot read {path} as PyTorch weights "
-                         f"({type(e).__name__}: {_first_line(e)})") from None
-    state = _plain_state(obj, path)
-    own = model.state_dict()
-    head, bad = [], []
-    for key in set(state) & set(own):
-        a, b = state[key].shape, own[key].shape
-        if a != b:
-            if len(a) == len(b) and a[1:] == b[1:] and b[0] == num_classes:
-                head.append((key, a[0]))
-            else:
-                bad.append(f"{key} {tuple(a)} vs {tuple(b)}")
-    if bad:
-        raise UsageError(f"--pretrained: {path} does not fit this model: {', '.join(sorted(bad)[:4])}"
-                         f"{' ...' if len(bad) > 4 else ''}")
-    optional = ("num_batches_tracked",)
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith(optional))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise UsageError(f"--pretrained: {path} does not fit this model: missing {missing[:4]}"
-                         f"{' ...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                         f"{' ...' if len(unexpected) > 4 else ''}")
-    for key, _ in head:
-        del state[key]
-    model.load_state_dict(state, strict=False)
-    report = f"loaded {len(state)} tensors from {path}"
-    if head:
-        report += (f"; replaced the {num_classes}-class head ({', '.join(sorted(k for k, _ in head))}; "
-                   f"the file has {head[0][1]} classes)")
-    return report
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _logits(out: Any) -> tuple[Tensor, list[Tensor]]:
@@ -265,7 +94,7 @@ def _logits(out: Any) -> tuple[Tensor, list[Tensor]]:
 class _Run:
     """One training run; `run()` drives it. Attributes are the run's state."""
 
-    def __init__(self, cfg: TrainConfig, procs: _Procs) -> None:
+    def __init__(self, cfg: TrainConfig, procs: Procs) -> None:
         self.cfg, self.procs, self.device = cfg, procs, procs.device
         self.out: Path | None = None
         self.epoch, self.step = 0, 0
@@ -293,7 +122,7 @@ class _Run:
         if not cfg.test_only and resume_path is None and held:
             raise UsageError(f"{self.out} already holds a run ({held[0]}); pass --resume to continue it or "
                              "choose another --output-dir")
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
 
         # data
         channels = 1 if cfg.model in PROJECT_MODELS else 3  # digits: grey for the project's models
@@ -317,7 +146,7 @@ class _Run:
         try:
             model = get_model(cfg.model, self.data.num_classes, in_channels=c, image_size=h, **cfg.model_opt)
         except (ValueError, TypeError) as e:
-            raise UsageError(f"--model {cfg.model}: {_first_line(e)}") from None
+            raise UsageError(f"--model {cfg.model}: {first_line(e)}") from None
         if cfg.pretrained:
             self.notes.append("pretrained: " + load_pretrained(model, cfg.pretrained, self.data.num_classes))
         if cfg.sync_bn and procs.distributed:
@@ -336,7 +165,7 @@ class _Run:
         if resume_path is not None:
             self._load_checkpoint(resume_path)
         else:  # every process its own stream for augmentation and dropout (the init above was shared)
-            _seed_all(cfg.seed * 100_003 + procs.rank)
+            seed_all(cfg.seed * 100_003 + procs.rank)
         if procs.main and not cfg.test_only:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
@@ -383,7 +212,7 @@ class _Run:
         try:
             return methods.build(cfg.method, model, **options)
         except (ValueError, TypeError) as e:
-            raise UsageError(f"--method {cfg.method}: {_first_line(e)}") from None
+            raise UsageError(f"--method {cfg.method}: {first_line(e)}") from None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -444,7 +273,7 @@ class _Run:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise UsageError(f"--resume: cannot read {path}: not a PyTorch checkpoint or damaged "
-                             f"({type(e).__name__}: {_first_line(e)})") from None
+                             f"({type(e).__name__}: {first_line(e)})") from None
         lacking = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         if lacking:
             raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (it lacks {', '.join(lacking)})")
@@ -462,15 +291,15 @@ class _Run:
             if "method" in ckpt and hasattr(self.method, "load_state_dict"):
                 self.method.load_state_dict(ckpt["method"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise UsageError(f"--resume: {path} does not fit this run ({_first_line(e)})") from None
+            raise UsageError(f"--resume: {path} does not fit this run ({first_line(e)})") from None
         self.epoch = self.checkpoint_epoch = int(ckpt["epoch"])
         self.step = int(ckpt["step"])
         self.trail.records = list(ckpt["trail"])
         rng = ckpt["rng"]
         if len(rng) == self.procs.world:
-            _set_rng_state(rng[self.procs.rank], self.device)
+            set_rng_state(rng[self.procs.rank], self.device)
         else:
-            _seed_all(cfg.seed * 100_003 + self.procs.rank + 7919 * self.epoch)
+            seed_all(cfg.seed * 100_003 + self.procs.rank + 7919 * self.epoch)
             self.notes.append(f"resume: the checkpoint has RNG states of {len(rng)} processes, this run has "
                               f"{self.procs.world}: data order and augmentation differ from the original run")
         if self.trail.directory is not None:
@@ -478,7 +307,7 @@ class _Run:
         self.notes.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
 
     def save_checkpoint(self) -> None:
-        rng = _rng_state(self.device)
+        rng = rng_state(self.device)
         states: list[Any] = [rng]
         if self.procs.distributed:
             states = [None] * self.procs.world
@@ -524,7 +353,7 @@ class _Run:
             loss = task + regularizer() if regularizer is not None else task
             # One all-reduce gives the mean loss for the log and, since a NaN or inf anywhere
             # makes the sum non-finite, lets every process stop at the same step.
-            both = _all_reduce(torch.stack([loss.detach(), task.detach()]).double(), procs) / procs.world
+            both = all_reduce(torch.stack([loss.detach(), task.detach()]).double(), procs) / procs.world
             if not bool(torch.isfinite(both[0])):
                 raise TrainingDiverged(self._diverged_message(float(both[0])))
             self.optimizer.zero_grad(set_to_none=True)
@@ -572,7 +401,7 @@ class _Run:
             stats += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), F.cross_entropy(logits, y, reduction="sum"),
                                   torch.tensor(len(y), device=self.device)]).double()
         model.train(was_training)
-        stats = _all_reduce(stats, procs)
+        stats = all_reduce(stats, procs)
         n = max(1.0, float(stats[3]))
         return {"top1": float(stats[0]) / n, "top5": float(stats[1]) / n, "val_loss": float(stats[2]) / n}
 
@@ -654,7 +483,7 @@ def run(cfg: TrainConfig) -> RunResult:
     # CPU arithmetic several times slower; flushing them to zero (in torch's worker threads
     # too) changes nothing else.
     flush_denormals()
-    procs = _init_processes(cfg)
+    procs = init_processes(cfg)
     try:
         r = _Run(cfg, procs)
         error = None
@@ -662,7 +491,7 @@ def run(cfg: TrainConfig) -> RunResult:
             r.setup()
         except Exception as e:  # every process must learn of it, or the others wait forever
             error = e
-        _agree(procs, error)
+        agree(procs, error)
         r.wrap()
         for note in r.notes:
             r.say(f"note: {note}")
@@ -716,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         if show_traceback:
             raise
         return fail(str(e), 2)
-    except _PeerFailed as e:
+    except PeerFailed as e:
         return fail(str(e), 1)
     except TrainingDiverged as e:
         if show_traceback:

@@ -1,7 +1,8 @@
 """The paper's numbers and the torchrun commands notebook 07 builds from settings."""
 import pytest
 
-from ltp_core.paper_results import PAPER_RESULTS, command_config, markdown_table, train_command
+from ltp_core.paper_results import PAPER_RESULTS, markdown_table
+from ltp_core.runs import command_config, train_command
 
 
 def test_paper_headline_numbers():

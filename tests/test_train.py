@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from ltp_core import LTP, train
+from ltp_core import LTP, processes, train
 from ltp_core.cli import UsageError, make_config, method_options, parse_args
 from ltp_core.data import SyntheticImages, build_datasets
 from ltp_core.models import get_model
@@ -159,7 +159,7 @@ def test_resume_continues_exactly(tiny_imagenet, tmp_path, monkeypatch):
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
     """Every file write is gated by rank 0: a process that is not rank 0 leaves no trace."""
-    monkeypatch.setattr(train._Procs, "main", property(lambda self: False))
+    monkeypatch.setattr(processes.Procs, "main", property(lambda self: False))
     result = train.run(parse_args(_synthetic(tmp_path / "run", "--method", "none")))
     assert not (tmp_path / "run").exists()
     assert result.method is None and result.last["sparsity"] == 0.0  # measured, not recorded
