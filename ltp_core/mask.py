@@ -202,9 +202,11 @@ def _flat(t: Tensor, order: list[int]) -> Tensor:
     # elementwise plus whole-tensor sums, are blind to order). The final detach makes it a
     # tensor of its own, not a view: torch.compile guards on a view's base, whose shapes
     # (3x3 vs 1x1 kernels, square or not) would each cost a recompile.
+    # (.contiguous() copies only a strided gradient, e.g. sum()'s expanded ones: the kernels are
+    # compiled for stride 1 and would otherwise compile again.)
     if order == sorted(order):  # the usual case: a contiguous weight
-        return t.reshape(-1).detach()
-    return t.permute(order).reshape(-1).detach()
+        return t.reshape(-1).contiguous().detach()
+    return t.permute(order).reshape(-1).contiguous().detach()
 
 
 def _unflat(flat: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
@@ -224,7 +226,10 @@ class FusedSoftPrune(torch.autograd.Function):
         order = _memory_order(weight)
         flat = _flat(weight, order)
         tau = threshold.detach()
-        v, l0, temperature = _kernel("forward")(flat, tau, t0)
+        # Autocast off: the math is float32 whatever the context, and the compiled kernel sees
+        # one global state (under bf16 autocast it would otherwise compile a second time).
+        with torch.autocast(weight.device.type, enabled=False):
+            v, l0, temperature = _kernel("forward")(flat, tau, t0)
         ctx.save_for_backward(flat, tau, temperature)
         ctx.exact, ctx.order, ctx.shape = exact, order, weight.shape
         return _unflat(v, weight.shape, order), l0
@@ -233,7 +238,9 @@ class FusedSoftPrune(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
         flat, tau, temperature = ctx.saved_tensors
-        grad_w, grad_tau = _kernel("backward")(_flat(grad_v, ctx.order), grad_l0, flat, tau, temperature, ctx.exact)
+        with torch.autocast(flat.device.type, enabled=False):
+            grad_w, grad_tau = _kernel("backward")(_flat(grad_v, ctx.order), grad_l0, flat, tau, temperature,
+                                                   ctx.exact)
         return _unflat(grad_w, ctx.shape, ctx.order), grad_tau.to(flat.dtype), None, None
 
 

@@ -101,11 +101,10 @@ class ThresholdMask(nn.Module):
 
     def uses_fused(self, weight: Tensor) -> bool:
         """Whether the forward for `weight` runs the compiled kernels (see `fused`)."""
-        if self.fused is not None:
-            return self.fused
         # Inside a torch.compile'd model the eager ops are traced and fused with the rest.
-        return (weight.numel() >= FUSED_MIN_WEIGHTS and not torch.compiler.is_compiling()
-                and fused_kernels_work(weight.device.type))
+        if self.fused is False or torch.compiler.is_compiling():
+            return False
+        return self.fused or (weight.numel() >= FUSED_MIN_WEIGHTS and fused_kernels_work(weight.device.type))
 
     def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         if self.uses_fused(weight):

@@ -1,4 +1,5 @@
 """torch.compile of a whole LTP model on CPU: one graph, and the same training as eager."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -120,8 +121,6 @@ def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
 
 
 def test_without_a_working_compiler_the_default_falls_back_to_eager(monkeypatch):
-    import pytest
-
     from ltp_core import mask
 
     def broken(name):
@@ -143,19 +142,19 @@ def test_without_a_working_compiler_the_default_falls_back_to_eager(monkeypatch)
 
 
 def test_fused_option_is_checked():
-    import pytest
-
     with pytest.raises(ValueError, match="fused must be None"):
         LTP(_two_layer_mlp(), fused="auto")
 
 
-def test_whole_model_compile_with_a_big_layer_matches_eager():
-    # Under an outer torch.compile the mask's eager ops are traced (and fused) with the model.
+@pytest.mark.parametrize("fused", [None, True])
+def test_whole_model_compile_with_a_big_layer_matches_eager(fused):
+    # Under an outer torch.compile the mask's eager ops are traced (and fused) with the model,
+    # whatever `fused` says.
     import copy
 
     eager = _two_layer_mlp()
     model = copy.deepcopy(eager)
-    pruners = [LTP(eager), LTP(model)]
+    pruners = [LTP(eager, fused=False), LTP(model, fused=fused)]
     compiled = torch.compile(model)
     x, y = torch.randn(16, 256), torch.randint(10, (16,))
     for net, p in zip((eager, compiled), pruners):
@@ -165,3 +164,17 @@ def test_whole_model_compile_with_a_big_layer_matches_eager():
         (F.cross_entropy(net(x), y) + p.regularizer()).backward()
     for a, b in zip(eager.parameters(), model.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_kernels_under_autocast_stay_float32_and_never_recompile():
+    from ltp_core.mask import FusedSoftPrune, fused_kernels_work
+
+    assert fused_kernels_work("cpu")
+    w = (torch.randn(300, 250) * 0.05).requires_grad_()
+    tau = torch.tensor(2e-3, requires_grad=True)
+    plain = FusedSoftPrune.apply(w, tau, 0.1, False)[0]
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)
+        (v.sum() + l0).backward()
+    assert v.dtype == torch.float32 and torch.equal(v, plain)
+    assert w.grad.dtype == torch.float32 and tau.grad is not None
