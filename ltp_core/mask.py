@@ -125,13 +125,18 @@ def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
     return (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(1e-12)
 
 
+def _as_compute(t: Tensor) -> Tensor:
+    # float32 math for float32/16/bf16 weights (as the eager path accumulates), float64 kept
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _fused_forward_math(w: Tensor, tau: Tensor, t0: float):
-    wf = w.float()
+    wf = _as_compute(w)
     temperature = _fused_temperature(wf, t0)
     # Scalars folded first, so the per-weight work is a multiply-add, an exp and one division
     # (inside the sigmoid), not two divisions.
     inv_t = 1 / temperature
-    m = torch.sigmoid(wf * wf * inv_t - tau.float() * inv_t)
+    m = torch.sigmoid(wf * wf * inv_t - tau.to(wf.dtype) * inv_t)
     return (wf * m).to(w.dtype), m.sum(), temperature
 
 
@@ -140,11 +145,12 @@ def _fused_backward_math(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor
     # The mask is recomputed, not saved by the forward: on a CPU a ResNet-18 step measured
     # slightly faster so (a sigmoid per weight costs less than writing m and reading it back),
     # and it saves a weight-sized tensor per layer.
-    gv, wf = grad_v.float(), w.float()
+    wf = _as_compute(w)
+    gv = grad_v.to(wf.dtype)
     inv_t = 1 / temperature
-    mf = torch.sigmoid(wf * wf * inv_t - tau.float() * inv_t)
+    mf = torch.sigmoid(wf * wf * inv_t - tau.to(wf.dtype) * inv_t)
     ds = mf * (1 - mf)
-    upstream = gv * wf + grad_l0.float()
+    upstream = gv * wf + grad_l0.to(wf.dtype)
     grad_tau = -(upstream * ds).sum() * inv_t
     grad_w = gv * mf
     if exact:
@@ -180,8 +186,8 @@ def fused_kernels_work(device_type: str) -> bool:
     follow). Any failure (no C++
     compiler, no Triton, an unsupported platform) answers False, with one warning saying why.
     """
-    try:  # under no_grad, as autograd runs the Function's forward and backward
-        with torch.no_grad():
+    try:  # in the global state FusedSoftPrune calls the kernels in: grad off, autocast off
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
             _probe(device_type)
         return True
     except Exception as e:  # noqa: BLE001 - whatever stops the compiler, eager still works
@@ -218,7 +224,8 @@ def _unflat(flat: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
 
 class FusedSoftPrune(torch.autograd.Function):
     """(w, tau, t0) -> (v, L0): `SoftPrune` with T = t0 * Var(|w|) computed inside, each
-    direction one compiled kernel. Same values and gradients as the eager path (float32 math).
+    direction one compiled kernel. Same values and gradients as the eager path up to float32
+    rounding (the math is float32, float64 for float64 weights).
     v has w's layout (a channels_last weight gives a channels_last v)."""
 
     @staticmethod

@@ -53,6 +53,9 @@ def select_layers(model: nn.Module, exclude: Iterable[str] | str = (), exclude_f
 
 
 
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # automatic mode: float64 stays eager
+
+
 class ThresholdMask(nn.Module):
     """Parametrization weight -> weight * sigmoid((weight**2 - threshold) / T).
 
@@ -65,6 +68,8 @@ class ThresholdMask(nn.Module):
     def __init__(self, weight: Tensor, t0: float, exact_weight_grad: bool = False,
                  init_threshold: float = 0.0, fused: bool | None = None) -> None:
         super().__init__()
+        if not (fused is None or isinstance(fused, bool)):
+            raise ValueError(f"fused must be None (automatic), True or False, got {fused!r}")
         self.threshold = nn.Parameter(torch.tensor(float(init_threshold), dtype=weight.dtype,
                                                    device=weight.device))
         self.t0 = float(t0)
@@ -101,10 +106,12 @@ class ThresholdMask(nn.Module):
 
     def uses_fused(self, weight: Tensor) -> bool:
         """Whether the forward for `weight` runs the compiled kernels (see `fused`)."""
-        # Inside a torch.compile'd model the eager ops are traced and fused with the rest.
-        if self.fused is False or torch.compiler.is_compiling():
+        # Inside a torch.compile'd model the eager ops are traced and fused with the rest;
+        # torch.jit.trace cannot trace into compiled code.
+        if self.fused is False or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
-        return self.fused or (weight.numel() >= FUSED_MIN_WEIGHTS and fused_kernels_work(weight.device.type))
+        return self.fused or (weight.numel() >= FUSED_MIN_WEIGHTS and weight.dtype in _FUSED_DTYPES
+                              and fused_kernels_work(weight.device.type))
 
     def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         if self.uses_fused(weight):
@@ -138,7 +145,8 @@ class LTP:
             kernels build on the device (checked once per process; else a warning and eager),
             and as eager ops (`mask.SoftPrune`) for smaller layers, which gain nothing.
             Compiling costs a few seconds once per process (cached on disk). True: compiled
-            for every layer (a failure to compile raises). False: eager everywhere.
+            for every layer (a failure to compile raises). False: eager everywhere. Inside a
+            torch.compile'd model every layer runs the eager ops, which that compile fuses.
         init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
         normalize: True (default) divides the soft-L0 by the number of prunable weights, so
             soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)

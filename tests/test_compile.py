@@ -63,6 +63,13 @@ def test_fused_kernels_match_the_eager_mask():
 
 # -- the compiled mask kernels (mask.FusedSoftPrune) as LTP's default for big layers ------------
 
+def _needs_compiler():
+    from ltp_core.mask import fused_kernels_work
+
+    if not fused_kernels_work("cpu"):
+        pytest.skip("the compiled mask kernels do not build here (no C++ compiler?)")
+
+
 def _two_layer_mlp():
     torch.manual_seed(0)
     # 256 x 256 = 65536 weights: just big enough for the compiled kernels; 256 x 10 is not.
@@ -72,9 +79,9 @@ def _two_layer_mlp():
 def test_default_compiles_big_layers_only_and_matches_eager():
     import copy
 
-    from ltp_core.mask import FUSED_MIN_WEIGHTS, fused_kernels_work
+    from ltp_core.mask import FUSED_MIN_WEIGHTS
 
-    assert fused_kernels_work("cpu")  # this machine has a C++ compiler
+    _needs_compiler()
     auto = _two_layer_mlp()
     eager = copy.deepcopy(auto)
     pruners = [LTP(auto, lambda_=1.0), LTP(eager, lambda_=1.0, fused=False)]
@@ -94,9 +101,10 @@ def test_default_compiles_big_layers_only_and_matches_eager():
 
 
 def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
-    from ltp_core.mask import FusedSoftPrune, SoftPrune, fused_kernels_work, layer_temperature
+    from ltp_core.mask import FusedSoftPrune, SoftPrune, layer_temperature
 
-    assert fused_kernels_work("cpu")  # compiles both directions once, for dynamic sizes
+    _needs_compiler()  # compiles both directions once, for dynamic sizes
+    torch.manual_seed(0)
     shapes = [(64, 32, 3, 3), (512, 128, 1, 1), (300, 250), (70000,)]
     with torch._dynamo.config.patch(error_on_recompile=True):  # a new shape or layout must not recompile
         for shape in shapes:
@@ -167,9 +175,10 @@ def test_whole_model_compile_with_a_big_layer_matches_eager(fused):
 
 
 def test_compiled_kernels_under_autocast_stay_float32_and_never_recompile():
-    from ltp_core.mask import FusedSoftPrune, fused_kernels_work
+    from ltp_core.mask import FusedSoftPrune
 
-    assert fused_kernels_work("cpu")
+    _needs_compiler()
+    torch.manual_seed(0)
     w = (torch.randn(300, 250) * 0.05).requires_grad_()
     tau = torch.tensor(2e-3, requires_grad=True)
     plain = FusedSoftPrune.apply(w, tau, 0.1, False)[0]
@@ -178,3 +187,20 @@ def test_compiled_kernels_under_autocast_stay_float32_and_never_recompile():
         (v.sum() + l0).backward()
     assert v.dtype == torch.float32 and torch.equal(v, plain)
     assert w.grad.dtype == torch.float32 and tau.grad is not None
+
+
+def test_float64_weights_keep_float64_math():
+    from ltp_core.mask import FusedSoftPrune, SoftPrune, layer_temperature
+
+    _needs_compiler()
+    net = torch.nn.Linear(256, 256).double()
+    LTP(net)
+    assert not net.parametrizations.weight[0].uses_fused(net.parametrizations.weight.original)  # automatic: eager
+    torch.manual_seed(0)
+    w = (torch.randn(300, 250, dtype=torch.float64) * 0.05).requires_grad_()
+    tau = torch.tensor(2e-3, dtype=torch.float64, requires_grad=True)
+    v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)  # asked for: float64 kernels
+    v2, l02 = SoftPrune.apply(w, tau, layer_temperature(w, 0.1), False)
+    assert v.dtype == l0.dtype == torch.float64
+    torch.testing.assert_close(v, v2, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(l0, l02, rtol=1e-12, atol=1e-10)
