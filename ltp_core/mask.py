@@ -210,15 +210,11 @@ def _flat(t: Tensor, order: list[int]) -> Tensor:
     # (3x3 vs 1x1 kernels, square or not) would each cost a recompile.
     # (.contiguous() copies only a strided gradient, e.g. sum()'s expanded ones: the kernels are
     # compiled for stride 1 and would otherwise compile again.)
-    if order == sorted(order):  # the usual case: a contiguous weight
-        return t.reshape(-1).contiguous().detach()
     return t.permute(order).reshape(-1).contiguous().detach()
 
 
 def _unflat(flat: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
     # The inverse of _flat: `shape`, with the strides of the tensor `order` came from.
-    if order == sorted(order):
-        return flat.view(shape)
     return flat.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
 
 

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from .flops import count_flops
 from .mask import FUSED_MIN_WEIGHTS, FusedSoftPrune, SoftPrune, fused_kernels_work, hard_mask, layer_temperature
 
-__all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers"]
+__all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers", "zero_fractions"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -31,6 +31,17 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) for every Conv1d/2d/3d and Linear of `model`, in definition order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+@torch.no_grad()
+def zero_fractions(layers: dict[str, nn.Module]) -> dict[str, float]:
+    """{layer name: fraction of its `weight` that is exactly 0, "total": over all the layers}."""
+    out, zeros, total = {}, 0, 0
+    for name, module in layers.items():
+        z = int((module.weight == 0).sum())
+        out[name], zeros, total = z / module.weight.numel(), zeros + z, total + module.weight.numel()
+    out["total"] = zeros / total
+    return out
 
 
 def select_layers(model: nn.Module, exclude: Iterable[str] | str = (), exclude_first: bool = False,
@@ -382,12 +393,7 @@ class LTP:
     def sparsity(self) -> dict[str, float]:
         """{layer name: fraction of weights with w**2 <= tau, "total": over all pruned layers}."""
         if self.finalized:
-            out, zeros = {}, 0
-            for n, m in self.layers.items():
-                z = int((m.weight == 0).sum())
-                out[n], zeros = z / m.weight.numel(), zeros + z
-            out["total"] = zeros / self.num_prunable
-            return out
+            return zero_fractions(self.layers)
         out, pruned = {}, 0
         for n, m in self.layers.items():
             w = self._original(m)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..flops import count_flops, layer_flops
-from ..pruner import prunable_layers
+from ..pruner import prunable_layers, zero_fractions
 from .channels import Link, bake, channel_links, kept_weight_fraction, remove_channels
 from .checks import model_device, select_layers, split_groups
 
@@ -125,12 +125,7 @@ class ReparamMethod(BaseMethod):
 
     @torch.no_grad()
     def sparsity(self) -> dict[str, float]:
-        out, zeros = {}, 0
-        for name, module in self.layers.items():
-            z = int((module.weight == 0).sum())
-            out[name], zeros = z / module.weight.numel(), zeros + z
-        out["total"] = zeros / self.num_prunable
-        return out
+        return zero_fractions(self.layers)
 
     def flops(self, example_input: Tensor | None = None) -> int:
         """Effective FLOPs of one forward of `example_input`: the dense count with each pruned
