@@ -1,12 +1,12 @@
 """`python -m ltp_core.bench`: the cost of an LTP training step, side by side with its peers.
 
-In one process, interleaved (dense, LTP, torch-prune, dense, LTP, ... so drift and noise hit
-every variant alike), it times full training steps — forward, task loss (+ λ·soft-L0 for
+In one process, interleaved (one step of each variant per round, in a shuffled order, so
+drift, noise and what the previous step left in the caches hit every variant alike), it times full training steps — forward, task loss (+ λ·soft-L0 for
 LTP), backward, optimizer step — and reports the median of many:
 
 - dense: the plain network;
-- ltp: the same network with `ltp_core.LTP` attached, as a user gets it (compiled mask
-  kernels for the big layers, eager ops for the small ones; see `LTP(fused=...)`);
+- ltp: the same network with `ltp_core.LTP` attached, as a user gets it (every mask as
+  compiled kernels, as the network has layers big enough; see `LTP(fused=...)`);
 - ltp_eager: the same with `LTP(..., fused=False)` (the mask as plain eager ops);
 - torch_prune: `torch.nn.utils.prune.global_unstructured` at 50% (a static mask multiplied in
   by a forward pre-hook), the usual peer for "what does a mask cost".
@@ -18,9 +18,11 @@ peak GPU memory per variant (CUDA) and the time of `LTP.finalize()`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -81,10 +83,12 @@ def _make_step(variant: str, cfg: dict, seed: int) -> tuple[Callable[[], None], 
     if cfg["channels_last"]:
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(num_classes, (cfg["batch_size"],), generator=g).to(device)
-    dtype = torch.bfloat16
+
+    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if cfg["amp"]
+                else contextlib.nullcontext())
 
     def step() -> None:
-        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=cfg["amp"]):
+        with autocast:
             loss = F.cross_entropy(model(x), y)
         if ltp is not None:
             loss = loss + ltp.regularizer()
@@ -101,9 +105,9 @@ def _sync(device: str) -> None:
 
 
 def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: int = 0, **overrides) -> dict:
-    """Time the three variants interleaved; returns a dict with per-variant medians (seconds),
-    the ratios, peak memory (CUDA) and finalize time. `overrides` replace preset fields
-    (model, image_size, batch_size, device, amp, channels_last)."""
+    """Time the variants interleaved (a shuffled order per round); returns a dict with
+    per-variant medians (seconds), the ratios, peak memory (CUDA) and finalize time.
+    `overrides` replace preset fields (model, image_size, batch_size, device, amp, channels_last)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
     cfg = {**PRESETS[preset], **overrides}
@@ -125,8 +129,10 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
         _sync(device)
         if device.startswith("cuda"):
             peak[v] = torch.cuda.max_memory_allocated() / 2**20
+    order, rng = list(VARIANTS), random.Random(seed)
     for _ in range(steps):
-        for v in VARIANTS:
+        rng.shuffle(order)  # no variant always follows the same one (and what it left in the caches)
+        for v in order:
             _sync(device)
             t0 = time.perf_counter()
             built[v][0]()

@@ -20,6 +20,7 @@ gradient to w either; tau always gets its full gradient.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
@@ -110,14 +111,15 @@ class SoftPrune(torch.autograd.Function):
 # Eager PyTorch makes about eleven passes over a layer's weights per step (two reductions for
 # T, five forward ops, four backward ones). torch.compile (Inductor) fuses each direction into
 # one kernel: the forward reads w twice (T's two sums, then the mask) and writes v; the
-# backward reads the upstream gradient and w once and recomputes the mask. A ResNet-18 step's mask work takes about
-# half the eager time (see `python -m ltp_core.bench`). Compiling costs seconds once per
-# process (then cached on disk), and a call into compiled code costs ~50 us more than eager
-# ops, so `LTP` uses the compiled kernels by default only for layers of at least
-# FUSED_MIN_WEIGHTS weights, and only where they build (`fused_kernels_work`: on CPU Inductor
-# needs a C++ compiler, on CUDA Triton).
+# backward reads the upstream gradient and w once and recomputes the mask. A ResNet-18 step's
+# mask work takes about half the eager time (see `python -m ltp_core.bench`). Compiling costs
+# seconds once per process (then cached on disk), so by default `LTP` compiles only for a model
+# with a layer of at least FUSED_MIN_WEIGHTS weights, and then runs every layer's mask
+# compiled: in a training step one compiled call costs less than a small layer's dozen eager
+# ops, whose code runs cold after each convolution. Only where the kernels build
+# (`fused_kernels_work`: on CPU Inductor needs a C++ compiler, on CUDA Triton).
 
-FUSED_MIN_WEIGHTS = 1 << 16  # ~ where compiled and eager cost the same (CPU, 2 threads)
+FUSED_MIN_WEIGHTS = 1 << 16  # ~ where compiled and eager cost the same, one layer alone (CPU, 2 threads)
 
 
 def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
@@ -197,25 +199,38 @@ def fused_kernels_work(device_type: str) -> bool:
         return False
 
 
-def _memory_order(t: Tensor) -> list[int]:
-    """The permutation of t's dims from outermost to innermost in memory (identity when t is
-    contiguous, (0, 2, 3, 1) for a channels_last conv weight)."""
-    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+def _memory_order(t: Tensor) -> list[int] | None:
+    """The permutation of t's dims from outermost to innermost in memory (a channels_last conv
+    weight: (0, 2, 3, 1)), or None for the identity (row-major), the common case, which needs no
+    permute."""
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    return None if order == list(range(t.dim())) else order
 
 
-def _flat(t: Tensor, order: list[int]) -> Tensor:
+def _flat(t: Tensor, order: list[int] | None) -> Tensor:
     # The elements in memory order as one dimension: no copy for any dense layout (the kernels,
     # elementwise plus whole-tensor sums, are blind to order). The final detach makes it a
     # tensor of its own, not a view: torch.compile guards on a view's base, whose shapes
     # (3x3 vs 1x1 kernels, square or not) would each cost a recompile.
     # (.contiguous() copies only a strided gradient, e.g. sum()'s expanded ones: the kernels are
     # compiled for stride 1 and would otherwise compile again.)
+    if order is None:
+        return t.contiguous().view(-1).detach()
     return t.permute(order).reshape(-1).contiguous().detach()
 
 
-def _unflat(flat: Tensor, shape: torch.Size, order: list[int]) -> Tensor:
+def _unflat(flat: Tensor, shape: torch.Size, order: list[int] | None) -> Tensor:
     # The inverse of _flat: `shape`, with the strides of the tensor `order` came from.
+    if order is None:
+        return flat.view(shape)
     return flat.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    # Entering autocast costs more than the check, and a training step calls this per layer.
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class FusedSoftPrune(torch.autograd.Function):
@@ -231,7 +246,7 @@ class FusedSoftPrune(torch.autograd.Function):
         tau = threshold.detach()
         # Autocast off: the math is float32 whatever the context, and the compiled kernel sees
         # one global state (under bf16 autocast it would otherwise compile a second time).
-        with torch.autocast(weight.device.type, enabled=False):
+        with _autocast_off(weight.device.type):
             v, l0, temperature = _kernel("forward")(flat, tau, t0)
         ctx.save_for_backward(flat, tau, temperature)
         ctx.exact, ctx.order, ctx.shape = exact, order, weight.shape
@@ -241,7 +256,7 @@ class FusedSoftPrune(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
         flat, tau, temperature = ctx.saved_tensors
-        with torch.autocast(flat.device.type, enabled=False):
+        with _autocast_off(flat.device.type):
             grad_w, grad_tau = _kernel("backward")(_flat(grad_v, ctx.order), grad_l0, flat, tau, temperature,
                                                    ctx.exact)
         return _unflat(grad_w, ctx.shape, ctx.order), grad_tau.to(flat.dtype), None, None

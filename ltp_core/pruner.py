@@ -77,7 +77,8 @@ class ThresholdMask(nn.Module):
     """
 
     def __init__(self, weight: Tensor, t0: float, exact_weight_grad: bool = False,
-                 init_threshold: float = 0.0, fused: bool | None = None) -> None:
+                 init_threshold: float = 0.0, fused: bool | None = None,
+                 largest_layer: int | None = None) -> None:
         super().__init__()
         if not (fused is None or isinstance(fused, bool)):
             raise ValueError(f"fused must be None (automatic), True or False, got {fused!r}")
@@ -86,11 +87,15 @@ class ThresholdMask(nn.Module):
         self.t0 = float(t0)
         self.exact_weight_grad = bool(exact_weight_grad)
         # True: compiled kernels (mask.FusedSoftPrune); False: eager ops; None: compiled when
-        # the layer is big enough for it to pay and the kernels build on the weight's device.
+        # the model is big enough for compiling to pay (its largest pruned layer, `largest_layer`
+        # weights, LTP passes it; this layer's own size by default) and the kernels build on the
+        # weight's device.
         self.fused = None if fused is None else bool(fused)
+        self.largest_layer = weight.numel() if largest_layer is None else int(largest_layer)
         self.hard = False  # True: forward applies the deployment mask step(w**2 - tau)
         self.last_l0: Tensor | None = None
         self._l0_key: tuple | None = None
+        self._prepared: tuple | None = None  # (key, v) from prepare(), for the next forward
 
     def temperature(self, weight: Tensor) -> Tensor:
         return layer_temperature(weight, self.t0)
@@ -98,10 +103,21 @@ class ThresholdMask(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         if self.hard:
             return weight * hard_mask(weight, self.threshold.detach())
+        prepared, self._prepared = self._prepared, None  # used once at most
+        key = self._key(weight)
+        if prepared is not None and prepared[0] == key:
+            return prepared[1]
         v, l0 = self._soft_prune(weight)
-        self.last_l0 = l0
-        self._l0_key = self._key(weight)
+        self.last_l0, self._l0_key = l0, key
         return v
+
+    def prepare(self, weight: Tensor) -> None:
+        """Compute v for `weight` now; the next forward returns it if the weight, threshold
+        and grad mode are still the same (else it computes afresh). LTP calls this for every
+        layer just before the model's forward (see `_PrepareMasks`)."""
+        v, l0 = self._soft_prune(weight)
+        self.last_l0, self._l0_key = l0, self._key(weight)
+        self._prepared = (self._l0_key, v)
 
     def _key(self, weight: Tensor) -> tuple:
         # Versions change on every in-place update (optimizer step, load_state_dict), so an
@@ -121,7 +137,7 @@ class ThresholdMask(nn.Module):
         # torch.jit.trace cannot trace into compiled code.
         if self.fused is False or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
-        return self.fused or (weight.numel() >= FUSED_MIN_WEIGHTS and weight.dtype in _FUSED_DTYPES
+        return self.fused or (self.largest_layer >= FUSED_MIN_WEIGHTS and weight.dtype in _FUSED_DTYPES
                               and fused_kernels_work(weight.device.type))
 
     def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,11 +149,39 @@ class ThresholdMask(nn.Module):
         # The cached L0 carries an autograd graph: never copy or pickle it (deepcopy of a
         # non-leaf tensor fails, and a copy must not share the original's graph anyway).
         state = self.__dict__.copy()
-        state["last_l0"], state["_l0_key"] = None, None
+        state["last_l0"], state["_l0_key"], state["_prepared"] = None, None, None
         return state
 
     def extra_repr(self) -> str:
         return f"t0={self.t0}, exact_weight_grad={self.exact_weight_grad}, fused={self.fused}, hard={self.hard}"
+
+
+class _PrepareMasks:
+    """Forward pre-hook on the pruned model: computes every layer's soft-pruned weight, back to
+    back, before the forward starts; each layer's forward then returns its prepared v.
+
+    Same values and autograd graph as computing each mask when its layer runs, but faster on a
+    CPU: between two layers a convolution streams megabytes through the caches, so the mask's
+    Python, dispatch and kernel-launch code would start cold at every layer (the benchmark's
+    ResNet-18 step, with and without this hook side by side: about 3% faster). A module-level
+    class, not a bound method of LTP, so a deepcopy of the model gets a hook on its own layers.
+    All prepared weights are alive at once until their layers run (under autocast, float32
+    copies a layer would otherwise drop as soon as it has cast them).
+    """
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.layers = layers
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        # A compiled or traced model fuses / records the mask ops in place, layer by layer.
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return
+        for layer in self.layers:
+            if not parametrize.is_parametrized(layer, "weight"):
+                continue
+            mask = layer.parametrizations.weight[0]
+            if isinstance(mask, ThresholdMask) and not mask.hard:
+                mask.prepare(layer.parametrizations.weight.original)
 
 
 class LTP:
@@ -152,12 +196,13 @@ class LTP:
         exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
         fused: how the mask's elementwise work runs. None (default): as two torch.compile'd
             kernels (`mask.FusedSoftPrune`: same math, about half the passes over the weights)
-            for every layer of at least `mask.FUSED_MIN_WEIGHTS` (65536) weights, where the
-            kernels build on the device (checked once per process; else a warning and eager),
-            and as eager ops (`mask.SoftPrune`) for smaller layers, which gain nothing.
-            Compiling costs a few seconds once per process (cached on disk). True: compiled
-            for every layer (a failure to compile raises). False: eager everywhere. Inside a
-            torch.compile'd model every layer runs the eager ops, which that compile fuses.
+            for every layer, when the model has a layer of at least `mask.FUSED_MIN_WEIGHTS`
+            (65536) weights and the kernels build on the device (checked once per process;
+            else a warning and eager); a model of only smaller layers runs eager ops
+            (`mask.SoftPrune`), as compiling would not pay. Compiling costs a few seconds once
+            per process (cached on disk). True: compiled for every layer (a failure to compile
+            raises). False: eager everywhere. Inside a torch.compile'd model every layer runs
+            the eager ops, which that compile fuses.
         init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
         normalize: True (default) divides the soft-L0 by the number of prunable weights, so
             soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)
@@ -216,14 +261,17 @@ class LTP:
         self._calls_without_step = 0
         self.layer_weights = dict(layer_weights or {})
         self.layers: dict[str, nn.Module] = {}
+        largest = max((m.weight.numel() for _, m in layers), default=0)
         for name, module in layers:
             if parametrize.is_parametrized(module, "weight"):
                 raise ValueError(f"layer {name!r} already has a weight parametrization; "
                                  "LTP attaches to plain Conv/Linear layers only")
-            mask = ThresholdMask(module.weight, temperature, exact_weight_grad, init_threshold, fused)
+            mask = ThresholdMask(module.weight, temperature, exact_weight_grad, init_threshold, fused,
+                                 largest_layer=largest)
             parametrize.register_parametrization(module, "weight", mask)
             self.layers[name] = module
         self.num_prunable = sum(self._original(m).numel() for m in self.layers.values())
+        self._prepare_hook = model.register_forward_pre_hook(_PrepareMasks(list(self.layers.values())))
         self.finalized = False
         self._initial_sparsity = self.sparsity()["total"] if target_sparsity is not None else 0.0
 
@@ -492,6 +540,7 @@ class LTP:
                                {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
             m.weight.mul_(keep)
+        self._prepare_hook.remove()
         self.finalized = True
         return self.model
 

@@ -22,8 +22,8 @@ def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):
     med = result["median_step_s"]
     assert result["ratio_ltp_dense"] == pytest.approx(med["ltp"] / med["dense"])
     assert result["ratio_ltp_eager_torch_prune"] == pytest.approx(med["ltp_eager"] / med["torch_prune"])
-    # ResNet-18's 13 layers of >= 65536 weights run the compiled kernels, the other 8 eager.
-    compiled = 13 if fused_kernels_work("cpu") else 0
+    # ResNet-18 has layers of >= 65536 weights, so all 21 masks run the compiled kernels.
+    compiled = 21 if fused_kernels_work("cpu") else 0
     assert (result["ltp_compiled_layers"], result["ltp_layers"]) == (compiled, 21)
     assert result["finalize_s"] > 0 and result["torch"] and result["date"]
     assert result["peak_memory_mib"]["dense"] is None  # CPU: no peak memory

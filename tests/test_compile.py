@@ -76,17 +76,22 @@ def _two_layer_mlp():
     return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def test_default_compiles_big_layers_only_and_matches_eager():
+def test_default_compiles_every_layer_of_a_big_model_only_and_matches_eager():
     import copy
 
     from ltp_core.mask import FUSED_MIN_WEIGHTS
 
     _needs_compiler()
+    small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    LTP(small)
+    assert not any(small[i].parametrizations.weight[0].uses_fused(small[i].parametrizations.weight.original)
+                   for i in (0, 2))  # no layer worth compiling: everything eager
     auto = _two_layer_mlp()
     eager = copy.deepcopy(auto)
     pruners = [LTP(auto, lambda_=1.0), LTP(eager, lambda_=1.0, fused=False)]
     masks = [auto[i].parametrizations.weight[0] for i in (0, 2)]
-    assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, False]
+    # one layer big enough: the small one (2560 weights) runs the compiled kernels too
+    assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, True]
     assert auto[0].weight.numel() == FUSED_MIN_WEIGHTS
     for p in pruners:
         with torch.no_grad():
@@ -105,7 +110,7 @@ def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
 
     _needs_compiler()  # compiles both directions once, for dynamic sizes
     torch.manual_seed(0)
-    shapes = [(64, 32, 3, 3), (512, 128, 1, 1), (300, 250), (70000,)]
+    shapes = [(64, 32, 3, 3), (512, 128, 1, 1), (300, 250), (70000,), (64, 3, 7, 7), (10, 512), (8, 4)]
     with torch._dynamo.config.patch(error_on_recompile=True):  # a new shape or layout must not recompile
         for shape in shapes:
             for channels_last in ((False, True) if len(shape) == 4 else (False,)):

@@ -220,3 +220,70 @@ def test_cuda_forward_backward_and_finalize():
     assert ltp.soft_l0().device.type == "cuda"
     ltp.finalize()
     assert model(x).device.type == "cuda"
+
+
+def _ltp_cnn(seed=0):
+    torch.manual_seed(seed)
+    model = small_cnn()
+    ltp = LTP(model, lambda_=1.0)
+    _set_thresholds(ltp, 1e-3)
+    return model, ltp
+
+
+def test_masks_prepared_before_the_forward_equal_masks_computed_layer_by_layer(monkeypatch):
+    # LTP computes every layer's masked weight back to back before the forward (a pre-hook);
+    # without the hook each layer computes its own when it runs: same values, same gradients.
+    from ltp_core.pruner import ThresholdMask
+
+    model, ltp = _ltp_cnn()
+    plain = copy.deepcopy(model)
+    plain._forward_pre_hooks.clear()  # the copy without LTP's hook
+    calls = []
+    original = ThresholdMask._soft_prune
+    monkeypatch.setattr(ThresholdMask, "_soft_prune", lambda self, w: calls.append(self) or original(self, w))
+    x = torch.randn(4, 1, 16, 16)
+    outputs = []
+    for net in (model, plain):
+        calls.clear()
+        out = net(x)
+        assert len(calls) == len(ltp.layers)  # one mask computation per layer, not two
+        masks = [m for m in net.modules() if isinstance(m, ThresholdMask)]
+        assert all(m._prepared is None for m in masks)  # every prepared weight was used
+        l0 = sum(m.last_l0 for m in masks)
+        (out.square().sum() + l0).backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for a, b in zip(model.parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_a_prepared_weight_is_used_once_and_only_for_the_weights_it_came_from():
+    model, ltp = _ltp_cnn()
+    x = torch.randn(2, 1, 16, 16)
+    for _ in range(2):  # a second forward gets a fresh graph: backward through both works
+        model(x).sum().backward()
+
+    first = next(iter(ltp.layers.values()))
+
+    def scale_first_layer(module, args):  # runs after LTP's hook: the prepared weight is stale
+        with torch.no_grad():
+            first.parametrizations.weight.original.mul_(2)
+
+    handle = model.register_forward_pre_hook(scale_first_layer)
+    out = model(x)
+    handle.remove()
+    model._forward_pre_hooks.clear()  # no LTP hook: each layer computes from the current weights
+    torch.testing.assert_close(out, model(x))
+
+
+def test_finalize_removes_the_prepare_hook_and_copies_keep_their_own():
+    model, ltp = _ltp_cnn()
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(twin(x), model(x))
+    hook = next(iter(twin._forward_pre_hooks.values()))
+    assert all(any(layer is m for m in twin.modules()) for layer in hook.layers)  # the copy's own layers
+    ltp.finalize()
+    assert not model._forward_pre_hooks
+    model(x)  # a plain model now
+    twin(x).sum().backward()  # the copy still prunes, with its own hook
