@@ -1,8 +1,9 @@
 """`python -m ltp_core.bench`: the cost of an LTP training step, side by side with its peers.
 
 In one process, interleaved (one step of each variant per round, in a shuffled order, so
-drift, noise and what the previous step left in the caches hit every variant alike), it times full training steps — forward, task loss (+ λ·soft-L0 for
-LTP), backward, optimizer step — and reports the median of many:
+drift, noise and what the previous step left in the caches hit every variant alike), it times
+full training steps — forward, task loss (+ λ·soft-L0 for LTP), backward, optimizer step — and
+reports the median of many:
 
 - dense: the plain network;
 - ltp: the same network with `ltp_core.LTP` attached, as a user gets it (every mask as

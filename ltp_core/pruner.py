@@ -104,20 +104,22 @@ class ThresholdMask(nn.Module):
         if self.hard:
             return weight * hard_mask(weight, self.threshold.detach())
         prepared, self._prepared = self._prepared, None  # used once at most
-        key = self._key(weight)
-        if prepared is not None and prepared[0] == key:
+        if prepared is not None and prepared[0] == self._key(weight):
             return prepared[1]
-        v, l0 = self._soft_prune(weight)
-        self.last_l0, self._l0_key = l0, key
-        return v
+        return self._masked(weight)
 
     def prepare(self, weight: Tensor) -> None:
         """Compute v for `weight` now; the next forward returns it if the weight, threshold
         and grad mode are still the same (else it computes afresh). LTP calls this for every
         layer just before the model's forward (see `_PrepareMasks`)."""
-        v, l0 = self._soft_prune(weight)
-        self.last_l0, self._l0_key = l0, self._key(weight)
+        v = self._masked(weight)
         self._prepared = (self._l0_key, v)
+
+    def _masked(self, weight: Tensor) -> Tensor:
+        # v for `weight`; its soft-L0 is kept for the regularizer
+        v, self.last_l0 = self._soft_prune(weight)
+        self._l0_key = self._key(weight)
+        return v
 
     def _key(self, weight: Tensor) -> tuple:
         # Versions change on every in-place update (optimizer step, load_state_dict), so an

@@ -49,16 +49,22 @@ def test_fused_kernels_match_the_eager_mask():
         eager = small_cnn(channels=(4, 8))
         fused = copy.deepcopy(eager)
         pruners = [LTP(eager, exact_weight_grad=exact), LTP(fused, exact_weight_grad=exact, fused=True)]
-        for p in pruners:
-            with torch.no_grad():
-                for t in p.thresholds.values():
-                    t.fill_(2e-3)
         x, y = torch.randn(4, 1, 8, 8), torch.randint(10, (4,))
-        for net, p in zip((eager, fused), pruners):
-            (F.cross_entropy(net(x), y) + p.regularizer()).backward()
-        torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
-        for a, b in zip(eager.parameters(), fused.parameters()):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+        _assert_same_step((eager, fused), pruners, x, y, threshold=2e-3, atol=1e-5)
+
+
+def _assert_same_step(nets, pruners, x, y, threshold, atol):
+    """One loss + regularizer backward through each net (thresholds at `threshold`): the same
+    soft-L0 and the same gradients."""
+    for p in pruners:
+        with torch.no_grad():
+            for t in p.thresholds.values():
+                t.fill_(threshold)
+    for net, p in zip(nets, pruners):
+        (F.cross_entropy(net(x), y) + p.regularizer()).backward()
+    torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=atol)
 
 
 # -- the compiled mask kernels (mask.FusedSoftPrune) as LTP's default for big layers ------------
@@ -93,16 +99,8 @@ def test_default_compiles_every_layer_of_a_big_model_only_and_matches_eager():
     # one layer big enough: the small one (2560 weights) runs the compiled kernels too
     assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, True]
     assert auto[0].weight.numel() == FUSED_MIN_WEIGHTS
-    for p in pruners:
-        with torch.no_grad():
-            for t in p.thresholds.values():
-                t.fill_(1e-3)
-    x, y = torch.randn(16, 256), torch.randint(10, (16,))
-    for net, p in zip((auto, eager), pruners):
-        (F.cross_entropy(net(x), y) + p.regularizer()).backward()
-    torch.testing.assert_close(pruners[0].soft_l0(), pruners[1].soft_l0())
-    for a, b in zip(auto.parameters(), eager.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    _assert_same_step((auto, eager), pruners, torch.randn(16, 256), torch.randint(10, (16,)),
+                      threshold=1e-3, atol=1e-6)
 
 
 def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
