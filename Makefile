@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test reports install clean
+.PHONY: test reports install clean gpu-check
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ test: $(STAMP)
 # Every notebook executed by papermill with its own defaults into reports/default/.
 reports: $(STAMP)
 	$(VENV)/bin/ltp-reports --profile default --output-dir reports/default
+
+# On a CUDA machine that brings its own torch and torchvision (it installs nothing; papermill
+# and nbval need not be there): the CUDA tests, then the GPU benchmark, whose JSON goes to
+# BENCH_JSON (default reports/benchmarks/<date>-gpu.json).
+GPU_PYTHON ?= python3
+CUDA_TESTS := tests/test_pruner.py tests/test_compile.py tests/test_baselines.py tests/test_export.py tests/test_train.py
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -o addopts="-ra -p no:cacheprovider" -k "cuda or gpu" $(CUDA_TESTS)
+	PYTHONPATH=. $(GPU_PYTHON) -m ltp_core.bench --preset gpu $(if $(BENCH_JSON),--output $(BENCH_JSON))
 
 clean:
 	rm -rf $(VENV) reports/default reports/ci
