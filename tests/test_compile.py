@@ -240,9 +240,7 @@ def test_cuda_big_model_runs_the_compiled_kernels_and_matches_eager():
         _assert_same_step((net, eager), pruners, x, y, threshold=1e-3, atol=1e-5)
     assert net[2].weight.stride() == net[2].parametrizations.weight.original.stride()  # channels_last kept
 
-    net.zero_grad(set_to_none=True)
-    for t in pruners[0].thresholds.values():
-        t.grad = None
+    net.zero_grad(set_to_none=True)  # the thresholds too: they are parameters of the net
     with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cuda", dtype=torch.bfloat16):
         loss = F.cross_entropy(net(x), y) + pruners[0].regularizer()
         assert net[2].weight.dtype == torch.float32  # the mask itself runs in float32
