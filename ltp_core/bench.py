@@ -14,7 +14,8 @@ reports the median of many:
 
 Presets: `cpu` — torchvision ResNet-18 at 32x32, batch 128, float32; `gpu` — ResNet-50 at
 224x224, batch 256, bf16 autocast, channels_last. It prints a table, writes JSON, and reports
-peak GPU memory per variant (CUDA) and the time of `LTP.finalize()`.
+each variant's peak GPU memory (CUDA: what it allocates on top of the variants built before it)
+and the time of `LTP.finalize()`.
 """
 from __future__ import annotations
 
@@ -48,20 +49,24 @@ PRESETS = {
 VARIANTS = ("dense", "ltp", "ltp_eager", "torch_prune")
 
 
-def _model(name: str, device: str, channels_last: bool) -> nn.Module:
+def _model(name: str, device: str) -> nn.Module:
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=1000 if name == "resnet50" else 10)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return torchvision.models.get_model(name, weights=None, num_classes=1000 if name == "resnet50" else 10).to(device)
 
 
 def _make_step(variant: str, cfg: dict, seed: int) -> tuple[Callable[[], None], nn.Module, LTP | None]:
     torch.manual_seed(seed)
     device = cfg["device"]
-    model = _model(cfg["model"], device, cfg["channels_last"])
+    model = _model(cfg["model"], device)
+    if variant == "torch_prune":
+        # Pruned before the layout change: global_unstructured flattens every weight with
+        # .view(-1), which a channels_last weight refuses; .to() then converts weight_orig and
+        # weight_mask alike, so the masked weight comes out channels_last as in the others.
+        prune.global_unstructured([(m, "weight") for _, m in prunable_layers(model)],
+                                  pruning_method=prune.L1Unstructured, amount=0.5)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     ltp = None
     if variant in ("ltp", "ltp_eager"):
         ltp = LTP(model, temperature=0.05, lambda_=1.0, fused=False if variant == "ltp_eager" else None)
@@ -71,10 +76,6 @@ def _make_step(variant: str, cfg: dict, seed: int) -> tuple[Callable[[], None], 
         # A threshold lr this small keeps the run at that sparsity (the step costs the same at
         # any lr): a realistic one would prune nearly everything within the timed steps.
         params = ltp.param_groups(threshold_lr=1e-10)
-    elif variant == "torch_prune":
-        prune.global_unstructured([(m, "weight") for _, m in prunable_layers(model)],
-                                  pruning_method=prune.L1Unstructured, amount=0.5)
-        params = model.parameters()
     else:
         params = model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -118,18 +119,24 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     flush_denormals()  # as fit and ltp-train do: denormal soft-masked weights are slow
-    built = {v: _make_step(v, cfg, seed) for v in VARIANTS}
+    cuda = device.startswith("cuda")
+    built = {}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peak: dict[str, float | None] = {v: None for v in VARIANTS}
-    for v in VARIANTS:  # warm up (and measure peak memory) one variant at a time
-        if device.startswith("cuda"):
+    for v in VARIANTS:
+        # Built and warmed up one at a time, so a variant's peak memory is its own: the most it
+        # allocates (model, gradients, optimizer state, batch, activations) on top of what the
+        # variants before it hold.
+        if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated() if cuda else 0
+        built[v] = _make_step(v, cfg, seed)
         for _ in range(max(1, warmup)):
             built[v][0]()
         _sync(device)
-        if device.startswith("cuda"):
-            peak[v] = torch.cuda.max_memory_allocated() / 2**20
+        if cuda:
+            peak[v] = (torch.cuda.max_memory_allocated() - held) / 2**20
     order, rng = list(VARIANTS), random.Random(seed)
     for _ in range(steps):
         rng.shuffle(order)  # no variant always follows the same one (and what it left in the caches)

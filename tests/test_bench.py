@@ -37,3 +37,28 @@ def test_bench_rejects_bad_input(capsys):
     if not torch.cuda.is_available():
         assert bench.main(["--preset", "gpu"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def _tiny_gpu_preset(device: str) -> dict:
+    # The gpu preset's settings (bf16 autocast, channels_last) on a small model and input.
+    return bench.run_benchmark("gpu", steps=1, warmup=1, device=device, model="resnet18", batch_size=2,
+                               image_size=16)
+
+
+def test_bench_gpu_preset_settings_run_on_cpu():
+    # bf16 autocast and channels_last through every variant (torch-prune's global pruning
+    # flattens weights with .view(-1), which a channels_last weight refuses).
+    result = _tiny_gpu_preset("cpu")
+    assert result["config"]["amp"] and result["config"]["channels_last"]
+    assert all(t > 0 for t in result["median_step_s"].values())
+    assert result["ltp_layers"] == 21
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_gpu_preset_runs_on_cuda_and_reports_peak_memory():
+    result = _tiny_gpu_preset("cuda")
+    assert all(result["peak_memory_mib"][v] > 0 for v in bench.VARIANTS)
+    assert result["memory_ratio_ltp_dense"] == pytest.approx(
+        result["peak_memory_mib"]["ltp"] / result["peak_memory_mib"]["dense"])
+    assert result["ltp_compiled_layers"] == (21 if fused_kernels_work("cuda") else 0)
+    assert result["device_name"] == torch.cuda.get_device_name()
