@@ -41,11 +41,33 @@ def find_notebooks(notebooks_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))}
 
 
-def notebook_parameters(path: Path) -> dict[str, Any]:
-    """{name: default} declared in the notebook's `parameters` cell (papermill's reading)."""
-    import papermill
+def notebook_parameters(path: Path) -> dict[str, str]:
+    """{name: default's source text} for each top-level assignment in the notebook's cell tagged
+    `parameters` ({} when it has none).
 
-    return {name: info.get("default") for name, info in papermill.inspect_notebook(str(path)).items()}
+    Read with Python's own parser, not papermill's `inspect_notebook`, which skips every line
+    holding two '=' (a comment such as `# T_l = T0 * Var(|w_l|)` is enough) and would reject
+    those parameters as unknown.
+    """
+    import ast
+
+    import nbformat
+
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError as e:
+                raise ReportError(f"{path}: the parameters cell is not plain Python (line {e.lineno}: {e.msg})"
+                                  ) from None
+            declared = {}
+            for node in tree.body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                    for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                        if isinstance(target, ast.Name):
+                            declared[target.id] = ast.get_source_segment(cell.source, node.value)
+            return declared
+    return {}
 
 
 def _parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:

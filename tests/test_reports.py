@@ -1,15 +1,20 @@
-"""The papermill runner `ltp-reports`, on two tiny notebooks made in a temporary folder."""
+"""The papermill runner `ltp-reports`, on two tiny notebooks made in a temporary folder, and
+the parameters of the suite's own notebooks."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
-from ltp_core.reports import main
+from ltp_core.reports import REPO_ROOT, ReportError, _resolve_runs, find_notebooks, main, notebook_parameters
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
 
 PARAMS = """seed = 0
-scale = 1.0
+scale = 1.0  # a factor (1.0 = unchanged)
 output_dir = ""
 from ltp_core.notebook import profile_parameters
 globals().update(profile_parameters("{stem}"))"""
@@ -91,3 +96,39 @@ def test_bad_input_is_a_clear_error(notebooks, tmp_path, capsys, args, message):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "ltp_core.reports", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--profile" in result.stdout and "--only" in result.stdout
+
+
+def test_parameters_are_read_as_python_reads_them(tmp_path):
+    cell = nbformat.v4.new_code_cell(
+        'import math\nseed = 0  # the seed (0 = the default)\nsizes: list = [\n    1, 2,  # a = b\n]\n'
+        'a = b = 2.5\nprint(seed)\nglobals().update({})')
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("seed = 9"), cell]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    assert notebook_parameters(tmp_path / "n.ipynb") == {"seed": "0", "sizes": "[\n    1, 2,  # a = b\n]",
+                                                         "a": "2.5", "b": "2.5"}
+    cell.source = "%matplotlib inline\nseed = 0"
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    with pytest.raises(ReportError, match="not plain Python"):
+        notebook_parameters(tmp_path / "n.ipynb")
+    nb.cells = nb.cells[:1]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    assert notebook_parameters(tmp_path / "n.ipynb") == {}
+
+
+@pytest.mark.parametrize("stem", list(find_notebooks(NOTEBOOKS)))
+def test_papermill_reads_every_parameter_of_the_suites_notebooks(stem):
+    # papermill skips a parameters-cell line with two '=' (and then warns "Passed unknown
+    # parameter" when a run sets it): every parameter must be one it reads.
+    path = NOTEBOOKS / f"{stem}.ipynb"
+    declared = notebook_parameters(path)
+    assert {"seed", "output_dir"} <= set(declared)
+    assert set(papermill.inspect_notebook(str(path))) == set(declared)
+
+
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_every_profile_sets_only_parameters_the_notebooks_declare(profile):
+    runs = _resolve_runs(profile, None, {}, NOTEBOOKS)
+    assert list(runs) == list(find_notebooks(NOTEBOOKS)) and len(runs) == 8
+    assert all(isinstance(path, Path) for path, _ in runs.values())
