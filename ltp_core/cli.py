@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -31,7 +32,7 @@ from typing import Any
 from .data import DATASETS, INTERPOLATIONS
 
 __all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
-           "method_options", "config_to_dict", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
+           "flag_name", "yaml_load", "method_options", "config_to_dict", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
 
 PROG = "ltp-train"
 LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")
@@ -115,7 +116,8 @@ class TrainConfig:
                                                "are held on course (see LTP.after_step)",
                                          kind="optfloat", check=_fraction, group="method")
     # optimization
-    epochs: int = _opt(90, "number of epochs in total (a resumed run continues up to it)", kind="int",
+    epochs: int = _opt(90, "number of epochs in total (a resumed run continues up to it; fixed by the checkpoint with "
+                       "cosineannealinglr, gmp, lats and greg, whose schedules are built for it)", kind="int",
                        check=_non_negative, group="optimization")
     batch_size: int = _opt(32, "images per batch per process (the global batch is this times the number of "
                                "processes)", kind="int", flags=("-b", "--batch-size"), check=_positive,
@@ -159,7 +161,8 @@ class TrainConfig:
                                "(default: runs/<dataset>-<model>-<method>)", kind="str", metavar="DIR")
     resume: str | None = _opt(None, "continue from a checkpoint (a file, or a run folder; without a value: "
                                     "<output-dir>/checkpoint.pth)", kind="optstr", metavar="PATH")
-    seed: int = _opt(0, "random seed (initialization, data order, augmentation)", kind="int")
+    seed: int = _opt(0, "random seed (initialization, data order, augmentation)", kind="int",
+                     check=lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)")
     test_only: bool = _opt(False, "only evaluate (the --resume or --pretrained network) and print the metrics",
                            kind="bool")
     eval_every: int = _opt(1, "evaluate (a trail record) every this many epochs and after the last; the "
@@ -176,27 +179,42 @@ def _flags(name: str) -> tuple[str, ...]:
     return FIELDS[name].metadata["flags"] or ("--" + name.replace("_", "-"),)
 
 
+def flag_name(name: str) -> str:
+    """The long command-line flag of setting `name` (`weight_decay` -> `--weight-decay`)."""
+    return _flags(name)[-1]
+
+
 # -- value conversion: the same for flags, YAML and Python ---------------------------------
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+@functools.cache
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader, except that it reads 1e-4 (no dot) as a float, as YAML 1.2 does
+    (YAML 1.1 reads it as a string). Strings stay strings: quoted '0' is a layer name."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # A copy of the resolver lists: adding to them in place would change every SafeLoader.
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"),
+                                 list("-+0123456789."))
+    return Loader
 
 
-def _numbers(value: Any) -> Any:
-    """YAML 1.1 reads 1e-4 (no dot) as a string: make such strings floats, recursively."""
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return value
+def yaml_load(text: str) -> Any:
+    """YAML `text` as Python values, 1e-4 a float (see `_yaml_loader`)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def _yaml_value(text: str) -> Any:
     import yaml
 
     try:
-        return _numbers(yaml.safe_load(text))
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 
@@ -253,7 +271,7 @@ def _convert(name: str, value: Any) -> Any:
             value = {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise bad("expected a mapping of option names to values")
-        out = _numbers(dict(value))
+        out = dict(value)
     else:  # pragma: no cover - a schema bug
         raise AssertionError(kind)
     if meta["choices"] is not None and out not in meta["choices"]:
@@ -406,7 +424,7 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"--config: no such file {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f"--config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:

@@ -203,8 +203,8 @@ def get_model(name: str, num_classes: int, *, in_channels: int = 3, image_size: 
     `resnet32`, `resnet44`, `resnet56`, `resnet110`), any torchvision classification model
     (`torchvision.models.get_model(name, weights=None, num_classes=...)`; nothing is
     downloaded) or timm's MixNets (`mixnet_s`, ...; needs `pip install timm`). `in_channels`
-    and `image_size` describe the input for the project's models (torchvision and timm models
-    take 3-channel images of any reasonable size). `options` go to the model's constructor
+    and `image_size` describe the input for the project's models and torchvision's ViTs (other
+    torchvision and timm models take 3-channel images of any reasonable size). `options` go to the model's constructor
     (e.g. `shortcut="B"` for the CIFAR ResNets, `dropout=0.3` for torchvision's EfficientNets).
     Raises ValueError for an unknown name, naming the close matches.
     """
@@ -216,6 +216,8 @@ def get_model(name: str, num_classes: int, *, in_channels: int = 3, image_size: 
     if name in torchvision_models():
         import torchvision
 
+        if name.startswith("vit_"):  # a ViT is built for one image size (its position embedding)
+            options = {"image_size": image_size, **options}
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     try:
         import timm

@@ -45,7 +45,7 @@ def load_profile(profile: str, start: str | os.PathLike | None = None) -> dict[s
 
     `default` is the notebooks' own defaults, i.e. no overrides; a missing file for
     another name is a ValueError listing the profiles that exist."""
-    import yaml
+    from .cli import yaml_load
 
     if profile == "default":
         return {}
@@ -54,7 +54,7 @@ def load_profile(profile: str, start: str | os.PathLike | None = None) -> dict[s
     if not path.is_file():
         known = sorted({"default", *(p.stem for p in folder.glob("*.yaml"))})
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {known}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml_load(path.read_text()) or {}
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
         raise ValueError(f"{path} must map notebook stems to {{parameter: value}} mappings")
     return {stem: dict(values or {}) for stem, values in data.items()}

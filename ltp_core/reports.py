@@ -71,8 +71,17 @@ def notebook_parameters(path: Path) -> dict[str, str]:
 
 
 def _parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
-    # Values are YAML: `-p seed 123` is an int, `-p lambdas "[0.1, 1]"` a list, `-p name abc` a string.
-    return {name: yaml.safe_load(value) for name, value in pairs}
+    # Values are YAML: `-p seed 123` is an int, `-p lambdas "[0.1, 1]"` a list, `-p name abc` a
+    # string, `-p lr 1e-3` a float (YAML 1.2's reading, see cli.yaml_load).
+    from .cli import yaml_load
+
+    overrides = {}
+    for name, value in pairs:
+        try:
+            overrides[name] = yaml_load(value)
+        except yaml.YAMLError as e:
+            raise ReportError(f"-p {name}: {value!r} is not a YAML value ({str(e).splitlines()[0]})") from None
+    return overrides
 
 
 def _resolve_runs(profile: str, only: list[str] | None, overrides: dict[str, Any],

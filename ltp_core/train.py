@@ -23,7 +23,10 @@ Python). One run:
    (`trail.json`, plus a hard-pruned checkpoint `trail/step_*.pt`).
 5. after every epoch `checkpoint.pth` (model, optimizer, scheduler, scaler, epoch, step, args,
    every process's RNG state, the trail) is written to a temporary file and renamed; `--resume`
-   restores all of it, so the continued run is the run that was interrupted.
+   restores all of it, so the continued run is the run that was interrupted. It refuses to
+   change a setting those states carry (optimizer, learning rate and schedule, method options;
+   `--epochs` too where a schedule is built for the run's length), which the checkpoint would
+   otherwise override without a word, and to write into a folder holding another run.
 
 Exit status: 0 done, 1 the loss diverged or a process failed, 2 a usage error (one line on
 stderr; LTP_TRACEBACK=1 shows the traceback), 130 interrupted.
@@ -48,20 +51,28 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .cli import PROG, TrainConfig, UsageError, config_to_dict, method_options, parse_args
+from .cli import PROG, TrainConfig, UsageError, config_to_dict, flag_name, method_options, parse_args
 from .data import DataError, ImageDatasets, build_datasets
 from .denormals import flush_denormals
 from .flops import count_flops
 from .models import PROJECT_MODELS, get_model
 from .pretrained import first_line, load_pretrained
 from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
-from .pruner import prunable_layers
+from .pruner import LTP, prunable_layers
 from .trail import Trail, atomic_save, atomic_write_bytes
 
 __all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
 
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
+# Settings whose effect a checkpoint carries (in the model, optimizer, schedule and method
+# states it restores): --resume refuses to change them.
+RESUME_FIXED = ("model_opt", "synthetic_classes", "opt", "lr", "momentum", "weight_decay", "lr_scheduler",
+                "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method", "lr_warmup_decay",
+                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity")
+# Methods whose schedule ltp-train builds from --epochs (their total_steps): with these, and with
+# the cosine learning rate, --resume cannot change --epochs either.
+EPOCH_SCHEDULED_METHODS = ("gmp", "lats", "greg")
 AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
 
 
@@ -117,9 +128,22 @@ class _Run:
                 raise UsageError("--amp-dtype bf16: this GPU does not support bfloat16; use --amp-dtype fp16")
         self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
         self.out = Path(cfg.output_dir or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--output-dir {self.out} is a file, not a folder")
+        if cfg.sync_bn and procs.distributed and self.device.type != "cuda":
+            raise UsageError(f"--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); this run's device is "
+                             f"{self.device.type}: drop --sync-bn")
         resume_path = self._resume_path()
         held = [f for f in (CHECKPOINT, "trail.json") if (self.out / f).exists()]
-        if not cfg.test_only and resume_path is None and held:
+        own = self.out / CHECKPOINT
+        if not cfg.test_only and held and (resume_path is None or resume_path.resolve() != own.resolve()):
+            if resume_path is not None:
+                raise UsageError(f"{self.out} already holds a run ({held[0]}); resuming {resume_path} there "
+                                 "would overwrite it: choose another --output-dir")
+            if not own.exists():
+                raise UsageError(f"{self.out} holds a run that stopped before its first checkpoint (trail.json, "
+                                 "no checkpoint.pth): nothing there to resume; delete the folder or choose "
+                                 "another --output-dir")
             raise UsageError(f"{self.out} already holds a run ({held[0]}); pass --resume to continue it or "
                              "choose another --output-dir")
         seed_all(cfg.seed)
@@ -144,7 +168,7 @@ class _Run:
         # model, pretrained weights, method, optimizer
         c, h, _ = self.data.sample_shape
         try:
-            model = get_model(cfg.model, self.data.num_classes, in_channels=c, image_size=h, **cfg.model_opt)
+            model = get_model(cfg.model, self.data.num_classes, in_channels=c, **{"image_size": h, **cfg.model_opt})
         except (ValueError, TypeError) as e:
             raise UsageError(f"--model {cfg.model}: {first_line(e)}") from None
         if cfg.pretrained:
@@ -212,7 +236,14 @@ class _Run:
         try:
             return methods.build(cfg.method, model, **options)
         except (ValueError, TypeError) as e:
-            raise UsageError(f"--method {cfg.method}: {first_line(e)}") from None
+            hint = ""
+            if "unexpected keyword argument" in str(e):
+                # LTP's options pass through `methods`' wrapper as **options
+                takes = inspect.signature(LTP if cfg.method == "ltp" else methods.METHODS[cfg.method]).parameters
+                valid = [n for n, p in takes.items() if n not in ("model", "total_steps", "example_input")
+                         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+                hint = f"; valid --method-opt names: {', '.join(valid)}"
+            raise UsageError(f"--method {cfg.method}: {first_line(e)}{hint}") from None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -264,7 +295,10 @@ class _Run:
         if path.is_dir():
             path = path / CHECKPOINT
         if not path.is_file():
-            raise UsageError(f"--resume: no checkpoint at {path}")
+            stopped = r == "auto" and (self.out / "trail.json").exists()
+            raise UsageError(f"--resume: no checkpoint at {path}" + (
+                " (the run there stopped before its first checkpoint: delete the folder to start again)"
+                if stopped else ""))
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
@@ -282,6 +316,20 @@ class _Run:
             if saved.get(key) != getattr(cfg, key):
                 raise UsageError(f"--resume: {path} is a --{key} {saved.get(key)} run, this one is --{key} "
                                  f"{getattr(cfg, key)}")
+        # The states restored below were built from these settings: a different value would be
+        # overridden by the checkpoint without a word (or fail to load), and args.yaml would
+        # record a setting the run did not use.
+        by_epochs = cfg.lr_scheduler == "cosineannealinglr" or (cfg.method in EPOCH_SCHEDULED_METHODS
+                                                                 and "total_steps" not in cfg.method_opt)
+        fixed = RESUME_FIXED + (("epochs",) if by_epochs else ())
+        changed = [k for k in fixed if k in saved and saved[k] != getattr(cfg, k)]
+        if changed:
+            raise UsageError(f"--resume: {path} was trained with "
+                             + ", ".join(f"{flag_name(k)} {saved[k]}" for k in changed) + "; this run sets "
+                             + ", ".join(f"{flag_name(k)} {getattr(cfg, k)}" for k in changed)
+                             + ". A resumed run keeps the checkpoint's optimizer, schedule and method state"
+                             + (" (its schedule is built for the run's --epochs)" if "epochs" in changed else "")
+                             + ": drop those flags, or start a new run in another --output-dir")
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -552,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return fail(str(e), 1)
     except KeyboardInterrupt:
-        return fail("interrupted; the last checkpoint is kept", 130)
+        return fail("interrupted; --resume continues from the last checkpoint, if the run wrote one", 130)
 
 
 if __name__ == "__main__":

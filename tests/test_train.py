@@ -291,6 +291,65 @@ def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
     assert (run / "checkpoint.pth").read_bytes() == b"precious"
 
 
+def _md5s(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_settings_the_checkpoint_fixes(tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = _synthetic(run, "--model", "small_cnn", "--lr-scheduler", "steplr")
+    assert train.main(flags) == 0
+    before = _md5s(run)
+    # The optimizer's and schedule's state would override these without a word.
+    err = _one_line_error(capsys, [*flags, "--resume", "--opt", "adam", "--lr", "0.5"])
+    assert "was trained with --opt sgd, --lr 0.05; this run sets --opt adam, --lr 0.5" in err
+    assert _md5s(run) == before  # nothing rewritten
+    # --epochs may grow under a step schedule, not under one built for the run's length.
+    assert train.main([*flags, "--resume", "--epochs", "2"]) == 0
+    assert yaml.safe_load((run / "args.yaml").read_text())["epochs"] == 2 and len(Trail.load(run)) == 3
+    cosine = _synthetic(tmp_path / "cosine", "--model", "small_cnn", "--lr-scheduler", "cosineannealinglr")
+    assert train.main(cosine) == 0
+    assert "trained with --epochs 1; this run sets --epochs 2" in _one_line_error(
+        capsys, [*cosine, "--resume", "--epochs", "2"])
+    gmp = _synthetic(tmp_path / "gmp", "--model", "small_cnn", "--method", "gmp")
+    assert train.main(gmp) == 0
+    assert "its schedule is built for the run's --epochs" in _one_line_error(
+        capsys, [*gmp, "--resume", "--epochs", "3"])
+
+    # Resuming another run's checkpoint into a folder that holds a run would overwrite it.
+    before = _md5s(run)
+    assert f"{run} already holds a run (checkpoint.pth); resuming {tmp_path / 'cosine' / 'checkpoint.pth'} there" \
+        in _one_line_error(capsys, [*cosine, "--output-dir", str(run), "--resume", str(tmp_path / "cosine")])
+    assert _md5s(run) == before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trail.json").write_text("[]")
+    assert "stopped before its first checkpoint (trail.json, no checkpoint.pth)" in _one_line_error(
+        capsys, _synthetic(run))
+    assert "no checkpoint at" in _one_line_error(capsys, _synthetic(run, "--resume"))
+    assert (run / "trail.json").read_text() == "[]"
+
+
+def test_more_clean_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    err = _one_line_error(capsys, _synthetic(run, "--model", "small_cnn", "--method", "gmp", "--method-opt", "foo=1"))
+    assert "unexpected keyword argument 'foo'; valid --method-opt names: sparsity, initial_sparsity" in err
+    err = _one_line_error(capsys, _synthetic(run, "--method-opt", "foo=1"))
+    assert "valid --method-opt names: temperature, lambda_, exclude," in err
+    assert "--seed (seed): must be in [0, 2**32), got 99999999999999" in _one_line_error(
+        capsys, _synthetic(run, "--seed", "99999999999999"))
+    (tmp_path / "file").write_text("x")
+    assert f"--output-dir {tmp_path / 'file'} is a file" in _one_line_error(
+        capsys, _synthetic(tmp_path / "file"))
+    # Processes without CUDA: SyncBatchNorm cannot run; said before anything is built.
+    with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
+        train._Run(parse_args(_synthetic(run, "--sync-bn")), processes.Procs(rank=0, world=2)).setup()
+    assert not run.exists()
+
+
 # -- the configuration schema --------------------------------------------------------------
 
 def test_yaml_config_flags_and_method_options(tmp_path):
@@ -304,6 +363,13 @@ def test_yaml_config_flags_and_method_options(tmp_path):
     assert method_options(cfg) == {"normalize": False, "init_threshold": 1e-4, "temperature": 0.02,
                                    "exclude": ["fc"], "exclude_last": True}
     assert parse_args(["--config", str(config)]).lr == 1e-3  # YAML reads 1e-3 as a string: still a number
+    # Values are YAML 1.2: 1e-4 is a float, a quoted '0' (a layer name) stays a string.
+    cfg = parse_args(["--method-opt", "exclude=['0', 3]", "--method-opt", "init_threshold=1e-4",
+                      "--dataset", "synthetic"])
+    assert cfg.method_opt == {"exclude": ["0", 3], "init_threshold": 1e-4}
+    config.write_text("dataset: synthetic\nmethod_opt: {exclude: ['8'], init_threshold: 2e-4}\n")
+    assert parse_args(["--config", str(config)]).method_opt == {"exclude": ["8"], "init_threshold": 2e-4}
+    assert yaml.safe_load("1e-4") == "1e-4"  # PyYAML's own loader is left as it is
     assert make_config(dataset="synthetic", wd=0.0).weight_decay == 0.0
     with pytest.raises(UsageError, match=r"unknown setting 'learning_rate'"):
         make_config(learning_rate=0.1)
@@ -333,6 +399,8 @@ def test_get_model_by_name():
             get_model("mixnet_s", 10)
     with pytest.raises(ValueError, match="unknown model 'vgg17'"):
         get_model("vgg17", 10)
+    vit = get_model("vit_b_32", 5, image_size=64)  # a ViT is built for the image size it is given
+    assert vit(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
 def test_datasets_by_name(tiny_imagenet):
