@@ -32,7 +32,7 @@ from typing import Any
 from .data import DATASETS, INTERPOLATIONS
 
 __all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
-           "flag_name", "yaml_load", "method_options", "config_to_dict", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
+           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
 
 PROG = "ltp-train"
 LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")
@@ -325,6 +325,21 @@ def _check_consistency(cfg: TrainConfig) -> None:
         raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.dataset in ("imagenet", "cifar10") and not cfg.data_path:
         raise UsageError(f"--dataset {cfg.dataset} needs --data-path (see data/README.md for the layout)")
+    if cfg.test_only and not (cfg.resume or cfg.pretrained):
+        raise UsageError("--test-only needs the network to evaluate: --resume [PATH] or --pretrained PATH "
+                         "(without them it would evaluate a randomly initialized one)")
+
+
+# Methods whose schedule ltp-train builds from --epochs (their total_steps).
+EPOCH_SCHEDULED_METHODS = ("gmp", "lats", "greg")
+
+
+def schedule_fixes_epochs(cfg: TrainConfig) -> bool:
+    """Whether `cfg`'s learning-rate or pruning schedule is built for its --epochs (cosine
+    annealing; gmp, lats, greg without an explicit total_steps), so a run continued to more
+    epochs would not be the run asked for."""
+    return cfg.lr_scheduler == "cosineannealinglr" or (cfg.method in EPOCH_SCHEDULED_METHODS
+                                                       and "total_steps" not in cfg.method_opt)
 
 
 def method_options(cfg: TrainConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .cli import FIELDS, UsageError, _flags, config_to_dict, make_config, parse_args
+from .cli import FIELDS, UsageError, _flags, config_to_dict, make_config, parse_args, schedule_fixes_epochs
 
 __all__ = ["train_flags", "train_command", "command_config", "format_command", "prepare_run_dir", "run_state",
            "repo_root", "resolve_path", "display_path", "sample_maker"]
@@ -168,7 +168,9 @@ def prepare_run_dir(path: str | os.PathLike, cfg, policy: str = "overwrite") -> 
         return "fresh"
     wanted = config_to_dict(cfg)
     saved = {k: v for k, v in state["args"].items() if k in wanted}
-    diff = sorted(k for k in wanted if k not in _IGNORED_FOR_IDENTITY and saved.get(k, wanted[k]) != wanted[k])
+    # More epochs continue a run, unless its schedule was built for the number it had.
+    ignored = _IGNORED_FOR_IDENTITY - ({"epochs"} if schedule_fixes_epochs(cfg) else set())
+    diff = sorted(k for k in wanted if k not in ignored and saved.get(k, wanted[k]) != wanted[k])
     if diff:
         k = diff[0]
         raise UsageError(f"{path} holds a run with other settings ({k}: {saved.get(k)!r} there, {wanted[k]!r} now"

@@ -51,7 +51,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .cli import PROG, TrainConfig, UsageError, config_to_dict, flag_name, method_options, parse_args
+from .cli import (PROG, TrainConfig, UsageError, config_to_dict, flag_name, method_options, parse_args,
+                  schedule_fixes_epochs)
 from .data import DataError, ImageDatasets, build_datasets
 from .denormals import flush_denormals
 from .flops import count_flops
@@ -70,9 +71,6 @@ CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "ste
 RESUME_FIXED = ("model_opt", "synthetic_classes", "opt", "lr", "momentum", "weight_decay", "lr_scheduler",
                 "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method", "lr_warmup_decay",
                 "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity")
-# Methods whose schedule ltp-train builds from --epochs (their total_steps): with these, and with
-# the cosine learning rate, --resume cannot change --epochs either.
-EPOCH_SCHEDULED_METHODS = ("gmp", "lats", "greg")
 AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
 
 
@@ -319,9 +317,7 @@ class _Run:
         # The states restored below were built from these settings: a different value would be
         # overridden by the checkpoint without a word (or fail to load), and args.yaml would
         # record a setting the run did not use.
-        by_epochs = cfg.lr_scheduler == "cosineannealinglr" or (cfg.method in EPOCH_SCHEDULED_METHODS
-                                                                 and "total_steps" not in cfg.method_opt)
-        fixed = RESUME_FIXED + (("epochs",) if by_epochs else ())
+        fixed = RESUME_FIXED + (("epochs",) if schedule_fixes_epochs(cfg) else ())
         changed = [k for k in fixed if k in saved and saved[k] != getattr(cfg, k)]
         if changed:
             raise UsageError(f"--resume: {path} was trained with "
@@ -390,6 +386,7 @@ class _Run:
         bar = tqdm(total=images, unit="img", unit_scale=True, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not (procs.main and cfg.progress), leave=False, dynamic_ncols=True)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        lr = self.optimizer.param_groups[0]["lr"]  # the schedule steps per epoch: this epoch's learning rate
         start = time.perf_counter()
         for x, y in self.train_loader:
             x, y = self._batch(x, y)
@@ -420,7 +417,7 @@ class _Run:
         bar.close()
         seconds = time.perf_counter() - start
         n = max(1, self.steps_per_epoch)
-        return {"train_loss": float(sums[0]) / n, "task_loss": float(sums[1]) / n,
+        return {"train_loss": float(sums[0]) / n, "task_loss": float(sums[1]) / n, "lr": lr,
                 "img_per_s": images / max(seconds, 1e-9), "epoch_seconds": seconds}
 
     def _diverged_message(self, value: float) -> str:

@@ -344,10 +344,36 @@ def test_more_clean_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert f"--output-dir {tmp_path / 'file'} is a file" in _one_line_error(
         capsys, _synthetic(tmp_path / "file"))
+    assert "--test-only needs the network to evaluate" in _one_line_error(capsys, _synthetic(run, "--test-only"))
     # Processes without CUDA: SyncBatchNorm cannot run; said before anything is built.
     with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
         train._Run(parse_args(_synthetic(run, "--sync-bn")), processes.Procs(rank=0, world=2)).setup()
     assert not run.exists()
+
+
+def test_run_folders_for_the_notebooks_existing_runs_policy(tmp_path):
+    from ltp_core.runs import prepare_run_dir
+
+    assert prepare_run_dir(tmp_path / "new", make_config(dataset="synthetic")) == "fresh"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not an ltp-train run folder"):
+        prepare_run_dir(tmp_path / "other", make_config(dataset="synthetic"))
+    for schedule in ("steplr", "cosineannealinglr"):
+        run = tmp_path / schedule
+        flags = _synthetic(run, "--model", "small_cnn", "--lr-scheduler", schedule)
+        assert train.main(flags) == 0
+        assert [r["lr"] for r in Trail.load(run)] == [0.05, 0.05]  # the start's lr, then the one epoch's
+        assert prepare_run_dir(run, parse_args(flags), "resume") == "done"
+        with pytest.raises(UsageError, match=r"other settings \(lr: 0.05 there, 0.1 now\)"):
+            prepare_run_dir(run, parse_args([*flags, "--lr", "0.1"]), "resume")
+        longer = parse_args([*flags, "--epochs", "2"])
+        if schedule == "steplr":  # more epochs continue the run
+            assert prepare_run_dir(run, longer, "resume") == "resume"
+        else:  # a cosine schedule was built for the one epoch it had
+            with pytest.raises(UsageError, match=r"other settings \(epochs: 1 there, 2 now\)"):
+                prepare_run_dir(run, longer, "resume")
+        assert prepare_run_dir(run, longer, "overwrite") == "fresh" and not run.exists()
 
 
 # -- the configuration schema --------------------------------------------------------------
