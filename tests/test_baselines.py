@@ -283,6 +283,17 @@ def test_l1_filter_removes_smallest_filters_for_real():
     small_cnn(channels=(8, 24)).load_state_dict(model.state_dict())
 
 
+def test_structured_methods_take_sync_batch_norm():
+    # `ltp-train --sync-bn` converts the BatchNorms before the method sees the model; out of a
+    # process group SyncBatchNorm computes as BatchNorm, so the surgery can be checked here.
+    torch.manual_seed(0)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(small_cnn(channels=(16, 32)))
+    x, _ = cnn_batch()
+    L1Filter(model, ratio={"0": 0.5}, example_input=x[:1])
+    assert isinstance(model[1], nn.SyncBatchNorm) and model[1].running_mean.shape == (8,)
+    assert model(x).shape == (len(x), 10)
+
+
 # -- DSA ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("budget", [0.3, 0.6])
 def test_dsa_meets_flops_budget(budget):

@@ -27,7 +27,7 @@ SUPPORTED = ("an nn.Sequential chain of Conv1d/2d/3d (groups=1) and Linear layer
              "and ltp_core.models.mlp); residual networks (CIFAR ResNets) are not supported yet")
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # Modules that act on every channel alike (element-wise or per-channel spatial): they let
 # channels through unchanged.
 PASS_TYPES: tuple[type[nn.Module], ...] = (
@@ -130,8 +130,9 @@ def _resized_layer(layer: nn.Module, out_idx: Tensor | None, in_idx: Tensor | No
 
 def _resized_norm(norm: nn.Module, idx: Tensor) -> nn.Module:
     ref = norm.weight if norm.affine else norm.running_mean
+    group = {"process_group": norm.process_group} if isinstance(norm, nn.SyncBatchNorm) else {}
     new = type(norm)(idx.numel(), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                     track_running_stats=norm.track_running_stats, device=ref.device, dtype=ref.dtype)
+                     track_running_stats=norm.track_running_stats, device=ref.device, dtype=ref.dtype, **group)
     for key in ("weight", "bias", "running_mean", "running_var"):
         old = getattr(norm, key)
         if old is not None:
