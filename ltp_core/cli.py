@@ -325,6 +325,9 @@ def _check_consistency(cfg: TrainConfig) -> None:
         raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
     if cfg.dataset in ("imagenet", "cifar10") and not cfg.data_path:
         raise UsageError(f"--dataset {cfg.dataset} needs --data-path (see data/README.md for the layout)")
+    if cfg.dataset in ("synthetic", "digits") and cfg.data_path:
+        raise UsageError(f"--data-path is not read with --dataset {cfg.dataset} (made in memory / bundled with "
+                         "scikit-learn); drop it, or pick --dataset imagenet or cifar10")
     if cfg.test_only and not (cfg.resume or cfg.pretrained):
         raise UsageError("--test-only needs the network to evaluate: --resume [PATH] or --pretrained PATH "
                          "(without them it would evaluate a randomly initialized one)")

@@ -165,7 +165,8 @@ def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_res
     root = Path(path).expanduser()
     layout = IMAGENET_LAYOUT.format(p=root)
     if not root.is_dir():
-        raise DataError(f"ImageNet folder {root} not found; expected {layout}")
+        raise DataError(f"ImageNet folder {root} {'is a file, not a folder' if root.exists() else 'not found'}; "
+                        f"expected {layout}")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"{root} has no {split}/ folder; expected {layout}")
@@ -220,7 +221,8 @@ def cifar10_folder(path: str | os.PathLike, augment: bool = True) -> ImageDatase
     layout = CIFAR10_LAYOUT.format(p=root)
     batches = root / "cifar-10-batches-py"
     if not root.is_dir():
-        raise DataError(f"CIFAR-10 folder {root} not found; expected {layout}")
+        raise DataError(f"CIFAR-10 folder {root} {'is a file, not a folder' if root.exists() else 'not found'}; "
+                        f"expected {layout}")
     missing = [f for f in CIFAR10_FILES if not (batches / f).is_file()]
     if missing:
         raise DataError(f"{batches} lacks {', '.join(missing)}; expected {layout}")

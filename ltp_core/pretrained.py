@@ -6,6 +6,7 @@ class count differs. Nothing is downloaded; files load with weights_only=True.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ __all__ = ["load_pretrained", "plain_state", "first_line"]
 
 
 def first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line (its type name when it has none)."""
-    text = str(e).strip()
+    """An exception's message cut to its first line (its type name when it has none), without
+    terminal color codes (some of torch's messages carry them)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 

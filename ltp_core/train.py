@@ -192,9 +192,10 @@ class _Run:
             self.out.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            atomic_write_bytes(self.out / "args.yaml",
-                               yaml.safe_dump({**config_to_dict(cfg), "output_dir": str(self.out)},
-                                              sort_keys=False).encode())
+            # The settings that made this run: `--config args.yaml` runs it again (a resumed run's
+            # --resume is not kept: it would point a rerun elsewhere at this run's checkpoint).
+            settings = {**config_to_dict(cfg), "output_dir": str(self.out), "resume": None}
+            atomic_write_bytes(self.out / "args.yaml", yaml.safe_dump(settings, sort_keys=False).encode())
 
     def _loaders(self) -> None:
         cfg, procs = self.cfg, self.procs

@@ -248,6 +248,8 @@ def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
     assert "Found no valid file for the classes cat" in _one_line_error(
         capsys, ["--dataset", "imagenet", "--data-path", str(malformed)])
     assert "lacks data_batch_1" in _one_line_error(capsys, ["--dataset", "cifar10", "--data-path", str(tiny_imagenet)])
+    assert "is a file, not a folder" in _one_line_error(
+        capsys, ["--dataset", "cifar10", "--data-path", str(tiny_imagenet / "train" / "n00000000" / "n00000000_0.JPEG")])
     broken = tmp_path / "broken-cifar"
     shutil.copytree(tiny_cifar, broken)
     (broken / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage\n")
@@ -306,7 +308,8 @@ def test_resume_refuses_settings_the_checkpoint_fixes(tmp_path, capsys):
     assert _md5s(run) == before  # nothing rewritten
     # --epochs may grow under a step schedule, not under one built for the run's length.
     assert train.main([*flags, "--resume", "--epochs", "2"]) == 0
-    assert yaml.safe_load((run / "args.yaml").read_text())["epochs"] == 2 and len(Trail.load(run)) == 3
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert (args["epochs"], args["resume"], len(Trail.load(run))) == (2, None, 3)  # args.yaml reruns, not resumes
     cosine = _synthetic(tmp_path / "cosine", "--model", "small_cnn", "--lr-scheduler", "cosineannealinglr")
     assert train.main(cosine) == 0
     assert "trained with --epochs 1; this run sets --epochs 2" in _one_line_error(
@@ -333,6 +336,12 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
     assert (run / "trail.json").read_text() == "[]"
 
 
+def test_error_lines_drop_terminal_color_codes():
+    from ltp_core.pretrained import first_line
+
+    assert first_line(RuntimeError("\x1b[1mWeights only load failed.\x1b[0m\nmore")) == "Weights only load failed."
+
+
 def test_more_clean_errors(tmp_path, capsys):
     run = tmp_path / "run"
     err = _one_line_error(capsys, _synthetic(run, "--model", "small_cnn", "--method", "gmp", "--method-opt", "foo=1"))
@@ -345,6 +354,8 @@ def test_more_clean_errors(tmp_path, capsys):
     assert f"--output-dir {tmp_path / 'file'} is a file" in _one_line_error(
         capsys, _synthetic(tmp_path / "file"))
     assert "--test-only needs the network to evaluate" in _one_line_error(capsys, _synthetic(run, "--test-only"))
+    assert "--data-path is not read with --dataset synthetic" in _one_line_error(
+        capsys, _synthetic(run, "--data-path", str(tmp_path)))
     # Processes without CUDA: SyncBatchNorm cannot run; said before anything is built.
     with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
         train._Run(parse_args(_synthetic(run, "--sync-bn")), processes.Procs(rank=0, world=2)).setup()
