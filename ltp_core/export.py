@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .trail import atomic_save
+from .trail import atomic_save, publish, write_target
 
 __all__ = ["SPARSE_FORMAT", "SPARSE_VERSION", "SparseFormatError", "plain_state_dict", "save_sparse", "load_sparse",
            "sparse_summary", "onnx_available", "ONNX_INSTALL_HINT", "export_onnx", "onnx_forward", "SparseLinear",
@@ -286,7 +286,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
     _refuse_parametrized(model, "export_onnx")
     import onnx
 
-    path = Path(path)
+    path = write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.onnx")
     os.close(fd)
@@ -299,7 +299,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
                           verbose=False)
         if check:
             onnx.checker.check_model(tmp, full_check=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         model.train(was_training)
         with contextlib.suppress(OSError):

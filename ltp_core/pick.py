@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.sparse and not args.out:
             raise ValueError("--sparse says how to write --out; give --out PATH too")
         trail = Trail.load(args.output_dir)
+        if args.out:
+            out, run = Path(args.out).resolve(), Path(args.output_dir).resolve()
+            if out in (run / "trail.json", run / "checkpoint.pth", run / "args.yaml") or out.parent == run / "trail":
+                raise ValueError(f"--out {args.out} is one of the run's own files; write the network elsewhere")
         if args.list:
             for r in trail.records:
                 print(format_record(r, args.key) + ("" if r.get("checkpoint") else "  (no checkpoint)"))

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .flops import count_flops
 from .mask import FUSED_MIN_WEIGHTS, FusedSoftPrune, SoftPrune, fused_kernels_work, hard_mask, layer_temperature
@@ -60,7 +61,28 @@ def select_layers(model: nn.Module, exclude: Iterable[str] | str = (), exclude_f
     layers = [(n, m) for n, m in candidates if n not in skip]
     if not layers:
         raise ValueError(f"nothing left to prune: every prunable layer {names} is excluded")
+    _check_not_shared(model, layers)
     return layers
+
+
+def _check_not_shared(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> None:
+    # A method gives each layer its own mask (and LTP its own threshold), and finalizing writes
+    # the pruned weight in place: a module used at two places, or a weight tied to another
+    # parameter, would be masked twice or prune the other user too.
+    places: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        places.setdefault(id(module), []).append(name)
+    users: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        users.setdefault(id(p), []).append(name)
+    for name, module in layers:
+        if len(places[id(module)]) > 1:
+            raise ValueError(f"layer {name!r} is one module used at {len(places[id(module)])} places of the model "
+                             f"({', '.join(places[id(module)])}); give each place its own module, or exclude it")
+        tied = [n for n in users.get(id(module.weight), []) if n != f"{name}.weight" and n != "weight"]
+        if tied:
+            raise ValueError(f"layer {name!r} shares its weight with {', '.join(tied)} (tied weights): pruning it "
+                             f"would prune them too; untie them, or exclude {name!r}")
 
 
 
@@ -136,8 +158,10 @@ class ThresholdMask(nn.Module):
     def uses_fused(self, weight: Tensor) -> bool:
         """Whether the forward for `weight` runs the compiled kernels (see `fused`)."""
         # Inside a torch.compile'd model the eager ops are traced and fused with the rest;
-        # torch.jit.trace cannot trace into compiled code.
-        if self.fused is False or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # torch.jit.trace cannot trace into compiled code, and compiled code does not run under
+        # a user's TorchDispatchMode (torch.utils.flop_counter's FlopCounterMode, for one).
+        if (self.fused is False or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or is_in_torch_dispatch_mode(include_infra_modes=False)):
             return False
         return self.fused or (self.largest_layer >= FUSED_MIN_WEIGHTS and weight.dtype in _FUSED_DTYPES
                               and fused_kernels_work(weight.device.type))

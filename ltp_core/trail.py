@@ -8,9 +8,11 @@ checkpoint (a plain state_dict) next to it. `Trail.pick` chooses a record afterw
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +30,35 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_target(path: str | os.PathLike) -> Path:
+    """Where a write to `path` goes: a symlink's target (the link stays a link). An existing
+    folder is an IsADirectoryError naming it."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path")
+    return path
+
+
+def publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Move the finished temporary file `tmp` to `path` (from `write_target`): a rename, or,
+    where `path` is a device or a pipe (/dev/null, /dev/stdout), a copy of its bytes into it."""
+    if path.exists() and not path.is_file():
+        shutil.copyfile(tmp, path)
+        os.unlink(tmp)
+    else:
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename, so a
     crash never leaves a half-written file and an existing one survives until replaced."""
-    path = Path(path)
+    path = write_target(path)
+    if path.exists() and not path.is_file():  # a device or a pipe: nothing to replace
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,8 +66,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -49,14 +75,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` through a temporary file and a rename."""
-    path = Path(path)
+    path = write_target(path)
+    if path.exists() and not path.is_file():  # a device or a pipe: written in one sequential go
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        path.write_bytes(buffer.getvalue())
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -105,6 +105,21 @@ def test_default_compiles_every_layer_of_a_big_model_only_and_matches_eager():
                       threshold=1e-3, atol=1e-6)
 
 
+def test_flop_count_of_a_compiled_model():
+    # FlopCounterMode is a TorchDispatchMode, under which compiled code cannot run: the masks
+    # go eager while it counts, and the network runs compiled again afterwards.
+    _needs_compiler()
+    model = _two_layer_mlp()
+    ltp = LTP(model, init_threshold=1e-4)
+    x = torch.randn(1, 256)
+    flops = ltp.flops(x)
+    kept = 1 - ltp.sparsity()["0"]
+    assert 0 < kept < 1 and flops == round(2 * 256 * 256 * kept) + round(2 * 256 * 10 * (1 - ltp.sparsity()["2"]))
+    with ltp.hard_masks():
+        assert ltp.flops(x) == flops
+    assert model[0].parametrizations.weight[0].uses_fused(model[0].parametrizations.weight.original)
+
+
 def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
     from ltp_core.mask import FusedSoftPrune, SoftPrune, layer_temperature
 

@@ -96,6 +96,15 @@ def test_command_errors_are_one_line(run, capsys, argv, match):
     assert err.startswith("ltp-pick: error: ") and match in err and "\n" not in err
 
 
+def test_out_never_overwrites_the_runs_own_files(run, capsys):
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    steps = sorted((run / "trail").glob("step_*.pt"))
+    for target in (run / "trail.json", steps[0]):
+        assert main([str(run), "--min-accuracy", "0", "--out", str(target)]) == 2
+        assert "is one of the run's own files" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
+
 def test_missing_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nothing"), "--min-accuracy", "0.9"]) == 2
     assert "no trail at" in capsys.readouterr().err

@@ -190,6 +190,17 @@ def test_bad_input_raises_value_error_naming_the_value(kwargs, match):
         LTP(mlp(hidden=(8,)), **kwargs)
 
 
+def test_shared_layers_and_tied_weights_are_rejected():
+    layer = nn.Linear(8, 8)
+    with pytest.raises(ValueError, match=r"layer '0' is one module used at 2 places of the model \(0, 2\)"):
+        LTP(nn.Sequential(layer, nn.ReLU(), layer))
+    embedding, head = nn.Embedding(8, 8), nn.Linear(8, 8, bias=False)
+    head.weight = embedding.weight
+    with pytest.raises(ValueError, match=r"layer '1' shares its weight with 0.weight \(tied weights\)"):
+        LTP(nn.Sequential(embedding, head))
+    LTP(nn.Sequential(embedding, head, nn.Linear(8, 2)), exclude=["1"])  # excluded: nothing prunes the tie
+
+
 def test_model_without_prunable_layers_is_rejected():
     with pytest.raises(ValueError, match="no Conv1d/2d/3d or Linear"):
         LTP(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))

@@ -79,3 +79,24 @@ def test_layer_flops_counts_convs_and_linears():
     assert flops["total"] >= flops["0"] + flops["3"] + flops["8"]
     half = count_flops(model, torch.randn(1, 1, 8, 8), {"0": 0.5})
     assert half == flops["total"] - flops["0"] // 2
+
+
+def test_atomic_writes_keep_links_refuse_folders_and_write_into_devices(tmp_path):
+    import os
+    import stat
+
+    from ltp_core.trail import atomic_save, atomic_write_bytes
+
+    target, link = tmp_path / "target.bin", tmp_path / "link.bin"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"  # written through the link
+    atomic_save({"w": torch.ones(2)}, link)
+    assert link.is_symlink() and torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        atomic_write_bytes(tmp_path, b"x")
+    atomic_write_bytes(os.devnull, b"x")
+    atomic_save({"w": torch.ones(2)}, os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not a file put in its place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.bin", "target.bin"]  # no temporary left
