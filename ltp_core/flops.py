@@ -42,9 +42,18 @@ def layer_flops(model: nn.Module, example_input: Tensor) -> dict[str, int]:
 def count_flops(model: nn.Module, example_input: Tensor, densities: dict[str, float] | None = None) -> int:
     """Effective FLOPs of one forward: the dense count with each layer named in `densities`
     (layer name -> fraction of weights kept) scaled by its density."""
+    densities = dict(densities or {})
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    unknown = sorted(set(densities) - set(layers))
+    if unknown:
+        raise ValueError(f"densities name {unknown}, which are not Conv/Linear layers of the model; valid: {layers}")
+    bad = {n: d for n, d in densities.items() if isinstance(d, bool) or not isinstance(d, (int, float))
+           or not 0.0 <= d <= 1.0}
+    if bad:
+        raise ValueError(f"densities must be fractions of weights kept, in [0, 1]; got {bad}")
     flops = layer_flops(model, example_input)
     total = flops["total"]
-    for name, density in (densities or {}).items():
-        if name in flops and name != "total":
+    for name, density in densities.items():
+        if name in flops:  # a layer the forward did not call as a module (e.g. F.linear on its weight) is not counted
             total -= round(flops[name] * (1.0 - density))
     return int(total)

@@ -13,6 +13,7 @@ Each prunable layer's `weight` gets a `torch.nn.utils.parametrize` parametrizati
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -255,26 +256,37 @@ class LTP:
                  fused: bool | None = None,
                  layer_weights: dict[str, float] | None = None, target_sparsity: float | None = None,
                  target_pace: float = 0.02, target_lambda_lr: float = 1.0) -> None:
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature (T0) must be a number > 0, got {temperature!r}")
-        if not (isinstance(lambda_, (int, float)) and lambda_ >= 0):
-            raise ValueError(f"lambda_ must be a number >= 0, got {lambda_!r}")
-        if target_sparsity is not None and not (isinstance(target_sparsity, (int, float))
-                                                and 0.0 <= target_sparsity < 1.0):
+        def number(value) -> bool:  # a finite real number (True is not 1 here)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not (number(temperature) and temperature > 0):
+            raise ValueError(f"temperature (T0) must be a finite number > 0, got {temperature!r}")
+        if not (number(lambda_) and lambda_ >= 0):
+            raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
+        if target_sparsity is not None and not (number(target_sparsity) and 0.0 <= target_sparsity < 1.0):
             raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
-        if not (isinstance(target_pace, (int, float)) and 0.0 < target_pace <= 1.0):
+        if not (number(target_pace) and 0.0 < target_pace <= 1.0):
             raise ValueError(f"target_pace must be a number in (0, 1], got {target_pace!r}")
-        if not (isinstance(target_lambda_lr, (int, float)) and target_lambda_lr >= 0):
-            raise ValueError(f"target_lambda_lr must be a number >= 0, got {target_lambda_lr!r}")
+        if not (number(target_lambda_lr) and target_lambda_lr >= 0):
+            raise ValueError(f"target_lambda_lr must be a finite number >= 0, got {target_lambda_lr!r}")
         if not (fused is None or isinstance(fused, bool)):
             raise ValueError(f"fused must be None (automatic), True or False, got {fused!r}")
-        if not (isinstance(init_threshold, (int, float)) and init_threshold >= 0):
-            raise ValueError(f"init_threshold must be a number >= 0 (units of w**2), got {init_threshold!r}")
+        for flag, value in (("exclude_first", exclude_first), ("exclude_last", exclude_last),
+                            ("exact_weight_grad", exact_weight_grad), ("normalize", normalize)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
+        if not (number(init_threshold) and init_threshold >= 0):
+            raise ValueError(f"init_threshold must be a finite number >= 0 (units of w**2), got {init_threshold!r}")
+        if exclude is None:
+            exclude = ()
         layers = select_layers(model, exclude, exclude_first, exclude_last)
         if layer_weights:
             bad = sorted(set(layer_weights) - {n for n, _ in layers})
             if bad:
                 raise ValueError(f"layer_weights names {bad} are not pruned layers; valid: {[n for n, _ in layers]}")
+            bad = {n: w for n, w in layer_weights.items() if not (number(w) and w >= 0)}
+            if bad:
+                raise ValueError(f"layer_weights must be finite numbers >= 0, got {bad}")
 
         self.model = model
         self.lambda_ = float(lambda_)

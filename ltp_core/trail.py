@@ -194,8 +194,16 @@ class Trail:
         try:
             data = json.loads(path.read_text())
             records = data["records"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a trail file ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a trail file ({type(e).__name__}: {e})") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path} is not a trail file (its records are a {type(records).__name__}, not a list)")
+        for i, r in enumerate(records):
+            bad = ("not a mapping" if not isinstance(r, dict) else
+                   next((f"{k!r} is missing or not a number" for k in cls.REQUIRED
+                         if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float))), None))
+            if bad:
+                raise ValueError(f"{path} is not a trail file (record {i}: {bad})")
         trail = cls(path.parent)
         trail.records = list(records)
         return trail

@@ -184,10 +184,20 @@ def test_exclude_first_last_and_by_name():
     (dict(exclude=["nope"]), "nope"),
     (dict(exclude=["0", "2"]), "nothing left"),
     (dict(init_threshold=-1.0), "init_threshold"),
+    (dict(lambda_=float("inf")), r"lambda_ must be a finite number >= 0, got inf"),
+    (dict(temperature=True), r"temperature \(T0\) must be a finite number > 0, got True"),
+    (dict(init_threshold=float("nan")), "init_threshold"),
+    (dict(normalize="False"), "normalize must be True or False, got 'False'"),
+    (dict(layer_weights={"0": -1.0}), r"layer_weights must be finite numbers >= 0, got \{'0': -1.0\}"),
+    (dict(layer_weights={"0": "x"}), "layer_weights must be finite numbers"),
 ])
 def test_bad_input_raises_value_error_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LTP(mlp(hidden=(8,)), **kwargs)
+
+
+def test_exclude_none_is_no_exclusion():
+    assert set(LTP(mlp(hidden=(8,)), exclude=None).layers) == {"0", "2"}
 
 
 def test_shared_layers_and_tied_weights_are_rejected():

@@ -249,7 +249,7 @@ def test_state_dict_resumes_the_control_exactly():
     ({"target_sparsity": "0.5"}, "target_sparsity must be a fraction in"),
     ({"target_sparsity": 0.5, "target_pace": 0.0}, r"target_pace must be a number in \(0, 1\]"),
     ({"target_sparsity": 0.5, "target_pace": 1.5}, r"target_pace must be a number in \(0, 1\]"),
-    ({"target_sparsity": 0.5, "target_lambda_lr": -1.0}, "target_lambda_lr must be a number >= 0"),
+    ({"target_sparsity": 0.5, "target_lambda_lr": -1.0}, "target_lambda_lr must be a finite number >= 0"),
 ])
 def test_bad_target_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

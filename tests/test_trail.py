@@ -100,3 +100,28 @@ def test_atomic_writes_keep_links_refuse_folders_and_write_into_devices(tmp_path
     atomic_save({"w": torch.ones(2)}, os.devnull)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not a file put in its place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.bin", "target.bin"]  # no temporary left
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"records": [1, 2]}', "record 0: not a mapping"),
+    ('{"records": "abc"}', "its records are a str, not a list"),
+    ('{"records": [{"step": 0}]}', "record 0: 'epoch' is missing or not a number"),
+    ('{"records": [{"step": 0, "epoch": 0, "sparsity": "0.5"}]}', "'sparsity' is missing or not a number"),
+    (b"\x80\x81", "UnicodeDecodeError"),
+])
+def test_a_damaged_trail_file_is_named(tmp_path, content, message):
+    path = tmp_path / "trail.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=f"{path} is not a trail file") as e:
+        Trail.load(tmp_path)
+    assert message in str(e.value)
+
+
+def test_count_flops_checks_the_densities():
+    model, x = mlp(hidden=(8,)), torch.randn(1, 64)
+    with pytest.raises(ValueError, match=r"densities name \['nope'\], which are not Conv/Linear layers"):
+        count_flops(model, x, {"nope": 0.5})
+    for bad in (-1.0, 2.0, float("nan"), True):
+        with pytest.raises(ValueError, match=r"fractions of weights kept, in \[0, 1\]"):
+            count_flops(model, x, {"0": bad})
+    assert count_flops(model, x, {"0": 0.0}) < count_flops(model, x, {"0": 1.0}) == count_flops(model, x)

@@ -271,7 +271,7 @@ def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
     if importlib.util.find_spec("timm") is None:
         assert "comes from timm, which is not installed: pip install timm" in _one_line_error(
             capsys, _synthetic(run, "--model", "mixnet_s"))
-    assert "--method ltp: temperature (T0) must be a number > 0" in _one_line_error(
+    assert "--method ltp: temperature (T0) must be a finite number > 0" in _one_line_error(
         capsys, _synthetic(run, "--method-opt", "temperature=-1"))
     assert "is larger than the 16 training images" in _one_line_error(capsys, _synthetic(run, "-b", "32"))
 
