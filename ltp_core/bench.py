@@ -118,6 +118,10 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
         raise RuntimeError("the gpu preset needs a CUDA GPU; none is available here")
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for key in ("batch_size", "image_size"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    warmup = max(1, warmup)  # the first step compiles, allocates and measures peak memory
     flush_denormals()  # as fit and ltp-train do: denormal soft-masked weights are slow
     cuda = device.startswith("cuda")
     built = {}
@@ -132,7 +136,7 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
             torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated() if cuda else 0
         built[v] = _make_step(v, cfg, seed)
-        for _ in range(max(1, warmup)):
+        for _ in range(warmup):
             built[v][0]()
         _sync(device)
         if cuda:
@@ -196,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ltp_core.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant (interleaved)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (allocator, caches)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (allocator, caches; "
+                   "at least 1)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--model")
-    p.add_argument("--output", type=Path, help="JSON file (default reports/benchmarks/<date>-<preset>.json)")
+    p.add_argument("--output", type=Path, help="JSON file (default reports/benchmarks/<date>-<preset>.json, with "
+                   "the sizes in the name when --batch-size, --image-size or --model change them)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("image_size", args.image_size),
                                    ("model", args.model)) if v is not None}
@@ -210,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
-    out = args.output or Path("reports/benchmarks") / f"{result['date']}-{args.preset}.json"
+    # The preset's own sizes go to the dated report; other sizes get a name of their own, so a
+    # quick small run never replaces it.
+    custom = "" if not overrides else "-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    out = args.output or Path("reports/benchmarks") / f"{result['date']}-{args.preset}{custom}.json"
     atomic_write_bytes(out, json.dumps(result, indent=1).encode())
     print(f"\nwritten: {out}")
     return 0

@@ -38,6 +38,7 @@ import statistics
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -197,20 +198,26 @@ def _decode(path: Path, entry: Any) -> tuple[str, Tensor]:
         increasing = bool((index[1:] > index[:-1]).all())
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n or not increasing):
             raise _bad(path, f"tensor {name!r}: its indices are not increasing positions in [0, {n})")
-        flat = torch.zeros(n, dtype=dtype)
+        try:
+            flat = torch.zeros(n, dtype=dtype)
+        except RuntimeError:  # a shape no memory holds: not what save_sparse wrote
+            raise _bad(path, f"tensor {name!r}: its shape {shape} ({n} elements) cannot be allocated") from None
         flat[index] = values
     return name, flat.view(shape)
 
 
-def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state_dict a `save_sparse` file holds: every tensor equal to the saved one
-    (`torch.equal`; zeros come back as +0.0), in the saved order, contiguous, on the CPU
-    (move it with `model.to(...)` after loading). Read with `torch.load(weights_only=True)`.
-    Raises FileNotFoundError for a missing file and SparseFormatError (a ValueError) for
-    anything else that is not a complete ltp-sparse file."""
-    path = Path(path)
+def _payload(path: Path) -> dict[str, Any]:
+    # The file's checked header: a complete zip (torch.load does not check the CRCs, so a
+    # damaged file could load different numbers), an ltp-sparse payload of a known version.
     if not path.is_file():
         raise FileNotFoundError(f"no such file {path} (expected an {SPARSE_FORMAT} file written by save_sparse)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise _bad(path, f"it is not a complete torch.save archive ({type(e).__name__}: {e})") from None
+    if damaged is not None:
+        raise _bad(path, f"its entry {damaged} is damaged (checksum mismatch)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, unpickling and storage errors all mean the same here
@@ -220,14 +227,19 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
         kind = f"a {type(payload).__name__}" if not isinstance(payload, dict) else "a mapping without format=ltp-sparse"
         raise _bad(path, f"it holds {kind} (a plain state_dict? load it with torch.load)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > SPARSE_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _bad(path, f"its version {version!r} is not a positive integer")
+    if version > SPARSE_VERSION:
         raise SparseFormatError(f"{path} is {SPARSE_FORMAT} version {version!r}; this ltp_core reads versions up to "
                                 f"{SPARSE_VERSION} (upgrade ltp_core)")
-    tensors = payload.get("tensors")
-    if not isinstance(tensors, list):
+    if not isinstance(payload.get("tensors"), list):
         raise _bad(path, "it has no tensor list")
+    return payload
+
+
+def _tensors(path: Path, payload: dict[str, Any]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
-    for entry in tensors:
+    for entry in payload["tensors"]:
         name, tensor = _decode(path, entry)
         if name in out:
             raise _bad(path, f"tensor {name!r} appears twice")
@@ -235,12 +247,24 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     return out
 
 
+def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state_dict a `save_sparse` file holds: every tensor equal to the saved one
+    (`torch.equal`; zeros come back as +0.0), in the saved order, contiguous, on the CPU
+    (move it with `model.to(...)` after loading). Read with `torch.load(weights_only=True)`
+    after the archive's checksums are verified. Raises FileNotFoundError for a missing file
+    and SparseFormatError (a ValueError) for anything else that is not a complete,
+    undamaged ltp-sparse file."""
+    path = Path(path)
+    return _tensors(path, _payload(path))
+
+
 def sparse_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per tensor of an ltp-sparse file: name, shape, encoding, elements, stored
-    values, and the bytes of its data (values + mask or indices, or the dense tensor)."""
+    values, and the bytes of its data (values + mask or indices, or the dense tensor).
+    Raises what `load_sparse` raises."""
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    load_sparse(path)  # validates, with the same errors
+    payload = _payload(path)
+    _tensors(path, payload)  # every entry checked before it is described
     rows = []
     for e in payload["tensors"]:
         parts = [e[k] for k in ("data", "values", "mask", "indices") if k in e]

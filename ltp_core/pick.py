@@ -80,12 +80,9 @@ def pick_record(trail: Trail, *, min_accuracy: float | None = None, max_drop: fl
         if start is None:
             raise ValueError(f"the first record has no {accuracy_key}; give min_accuracy instead of max_drop")
         min_accuracy = start - max_drop
-    # Trail.pick compares `accuracy_key`; a key such as hard_top5 is exposed under an alias it accepts.
-    alias = accuracy_key if "accuracy" in accuracy_key else f"{accuracy_key}_accuracy"
     view = Trail(trail.directory)
-    view.records = [{**r, alias: r.get(accuracy_key)} for r in records]
-    chosen = view.pick(min_accuracy=min_accuracy, max_sparsity=max_sparsity, accuracy_key=alias)
-    return records[view.records.index(chosen)]
+    view.records = records
+    return view.pick(min_accuracy=min_accuracy, max_sparsity=max_sparsity, accuracy_key=accuracy_key)
 
 
 def pick_checkpoint(output_dir: str | os.PathLike, **rule: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -547,17 +547,19 @@ class LTP:
         """The state_dict `finalize()` would give (plain keys, pruned weights exactly 0),
         without changing the model. Tensors are copies, in the model's own key order."""
         self._check_live()
-        hard = {}
+        hard, thresholds = {}, set()  # LTP's own keys only: an excluded layer may have a parametrization too
         for name, m in self.layers.items():
+            prefix = f"{name}." if name else ""
             w = self._original(m)
-            hard[f"{name}.weight" if name else "weight"] = w * hard_mask(w, self._mask(m).threshold)
+            hard[f"{prefix}parametrizations.weight.original"] = (f"{prefix}weight",
+                                                                  w * hard_mask(w, self._mask(m).threshold))
+            thresholds.add(f"{prefix}parametrizations.weight.0.threshold")
         plain = {}
         for key, value in self.model.state_dict().items():
-            if key.endswith("parametrizations.weight.0.threshold"):
+            if key in thresholds:
                 continue
-            if key.endswith("parametrizations.weight.original"):
-                key = key[: -len("parametrizations.weight.original")] + "weight"
-                value = hard[key]
+            if key in hard:
+                key, value = hard[key]
             plain[key] = value.clone()
         return plain
 

@@ -244,7 +244,9 @@ class Trail:
         if not ok:
             best_acc = max(acc(r) for r in self.records)
             least = min(r["sparsity"] for r in self.records)
-            raise ValueError(f"no record with {accuracy_key} >= {min_accuracy} and sparsity <= {max_sparsity}; "
+            wanted = " and ".join(([f"{accuracy_key} >= {min_accuracy}"] if min_accuracy is not None else [])
+                                  + ([f"sparsity <= {max_sparsity}"] if max_sparsity is not None else []))
+            raise ValueError(f"no record with {wanted}; "
                              f"the trail's best {accuracy_key} is {best_acc:.4f}, its lowest sparsity {least:.4f}")
         if min_accuracy is not None:
             return max(ok, key=lambda r: (r["sparsity"], acc(r), r["step"]))

@@ -32,6 +32,8 @@ def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):
 def test_bench_rejects_bad_input(capsys):
     assert bench.main(["--preset", "cpu", "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+    assert bench.main(["--preset", "cpu", "--batch-size", "0"]) == 2
+    assert "batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tpu"])
     if not torch.cuda.is_available():
@@ -62,3 +64,11 @@ def test_bench_gpu_preset_runs_on_cuda_and_reports_peak_memory():
         result["peak_memory_mib"]["ltp"] / result["peak_memory_mib"]["dense"])
     assert result["ltp_compiled_layers"] == (21 if fused_kernels_work("cuda") else 0)
     assert result["device_name"] == torch.cuda.get_device_name()
+
+
+def test_a_small_run_never_replaces_the_dated_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--image-size", "16"]) == 0
+    written = list((tmp_path / "reports" / "benchmarks").iterdir())
+    assert [p.name.split("-", 3)[-1] for p in written] == ["cpu-batch_size2-image_size16.json"]
+    assert json.loads(written[0].read_text())["warmup"] == 1  # the step it did take

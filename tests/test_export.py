@@ -166,13 +166,23 @@ def test_clear_errors_for_bad_files(tmp_path):
         load_sparse(tmp_path / "missing.ltps")
     junk = tmp_path / "junk.ltps"
     junk.write_bytes(b"not a torch file at all")
-    with pytest.raises(SparseFormatError, match="is not a valid ltp-sparse file: torch.load"):
+    with pytest.raises(SparseFormatError, match="is not a valid ltp-sparse file: it is not a complete torch.save"):
         load_sparse(junk)
     good = save_sparse(_pruned(mlp(hidden=(64,)), 0.9), tmp_path / "good.ltps")
     truncated = tmp_path / "truncated.ltps"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(SparseFormatError, match="cannot read it"):
-        load_sparse(truncated)
+    for read in (load_sparse, sparse_summary):
+        with pytest.raises(SparseFormatError, match="not a complete torch.save archive"):
+            read(truncated)
+        with pytest.raises(FileNotFoundError, match="no such file"):
+            read(tmp_path / "missing.ltps")
+    # Bytes changed in the middle: torch.load would read other numbers; the checksums catch it.
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    (tmp_path / "damaged.ltps").write_bytes(bytes(data))
+    with pytest.raises(SparseFormatError, match=r"is damaged \(checksum mismatch\)"):
+        load_sparse(tmp_path / "damaged.ltps")
     plain = tmp_path / "plain.pt"
     torch.save(mlp(hidden=(8,)).state_dict(), plain)
     with pytest.raises(SparseFormatError, match="plain state_dict"):
@@ -185,6 +195,10 @@ def test_clear_errors_for_bad_files(tmp_path):
     torch.save({"format": "ltp-sparse", "version": 99, "tensors": []}, newer)
     with pytest.raises(SparseFormatError, match="version 99"):
         load_sparse(newer)
+    for version in (True, -1):
+        torch.save({"format": "ltp-sparse", "version": version, "tensors": []}, newer)
+        with pytest.raises(SparseFormatError, match="is not a positive integer"):
+            load_sparse(newer)
 
     payload = torch.load(good, weights_only=True)
 
@@ -202,6 +216,11 @@ def test_clear_errors_for_bad_files(tmp_path):
         load_sparse(tampered(lambda e: e.update(encoding="zip"), "encoding.ltps"))
     with pytest.raises(SparseFormatError, match="does not cover"):
         load_sparse(tampered(lambda e: e.update(shape=[3, 3]), "shape.ltps"))
+    huge = {"name": "w", "encoding": "indices", "shape": [10**8, 10**8], "dtype": "float32",
+            "values": torch.ones(1), "indices": torch.zeros(1, dtype=torch.int64)}
+    torch.save({"format": "ltp-sparse", "version": 1, "tensors": [huge]}, tmp_path / "huge.ltps")
+    with pytest.raises(SparseFormatError, match="cannot be allocated"):
+        load_sparse(tmp_path / "huge.ltps")
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):

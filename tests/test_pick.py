@@ -85,7 +85,8 @@ def test_command_writes_the_chosen_network(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--min-accuracy", "0.99"], "no record with hard_accuracy >= 0.99"),
+    (["--min-accuracy", "0.99"], "no record with hard_accuracy >= 0.99;"),
+    (["--key", "hard_top5", "--min-accuracy", "0.999"], "no record with hard_top5 >= 0.999;"),
     (["--sparse", "--min-accuracy", "0.9"], "give --out PATH too"),
     (["--min-accuracy", "x"], "invalid float value"),
     (["--max-sparsity", "0.5", "--key", "nope"], "accuracy key 'nope'"),
@@ -93,7 +94,7 @@ def test_command_writes_the_chosen_network(run, tmp_path, capsys):
 def test_command_errors_are_one_line(run, capsys, argv, match):
     assert main([str(run), *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ltp-pick: error: ") and match in err and "\n" not in err
+    assert err.startswith("ltp-pick: error: ") and match in err and "\n" not in err and "None" not in err
 
 
 def test_out_never_overwrites_the_runs_own_files(run, capsys):

@@ -200,6 +200,18 @@ def test_exclude_none_is_no_exclusion():
     assert set(LTP(mlp(hidden=(8,)), exclude=None).layers) == {"0", "2"}
 
 
+def test_hard_state_dict_leaves_an_excluded_layers_own_parametrization_alone():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    parametrizations.orthogonal(model[0])
+    ltp = LTP(model, exclude=["0"], init_threshold=0.05)
+    hard = ltp.hard_state_dict()
+    ltp.finalize()
+    assert list(hard) == list(model.state_dict())
+    assert all(torch.equal(hard[k], v) for k, v in model.state_dict().items())
+
+
 def test_shared_layers_and_tied_weights_are_rejected():
     layer = nn.Linear(8, 8)
     with pytest.raises(ValueError, match=r"layer '0' is one module used at 2 places of the model \(0, 2\)"):
