@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m ltp_core.pick` (`ltp-pick`): returns the exit status."""
     try:
         args = _parser().parse_args(argv)
+        if args.out is not None and not args.out.strip():
+            raise ValueError("--out is empty; give a file path")
         if args.sparse and not args.out:
             raise ValueError("--sparse says how to write --out; give --out PATH too")
         trail = Trail.load(args.output_dir)

@@ -227,6 +227,10 @@ class Trail:
         """
         if min_accuracy is None and max_sparsity is None:
             raise ValueError("pick needs min_accuracy=, max_sparsity= or both")
+        for name, bound in (("min_accuracy", min_accuracy), ("max_sparsity", max_sparsity)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                      or not math.isfinite(bound)):
+                raise ValueError(f"{name} must be a finite number, got {bound!r}")
         if not self.records:
             raise ValueError("the trail is empty")
         known = sorted({k for r in self.records for k, v in r.items()

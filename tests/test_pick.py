@@ -87,6 +87,7 @@ def test_command_writes_the_chosen_network(run, tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--min-accuracy", "0.99"], "no record with hard_accuracy >= 0.99;"),
     (["--key", "hard_top5", "--min-accuracy", "0.999"], "no record with hard_top5 >= 0.999;"),
+    (["--min-accuracy", "0.5", "--out", ""], "--out is empty"),
     (["--sparse", "--min-accuracy", "0.9"], "give --out PATH too"),
     (["--min-accuracy", "x"], "invalid float value"),
     (["--max-sparsity", "0.5", "--key", "nope"], "accuracy key 'nope'"),

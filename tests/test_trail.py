@@ -125,3 +125,30 @@ def test_count_flops_checks_the_densities():
         with pytest.raises(ValueError, match=r"fractions of weights kept, in \[0, 1\]"):
             count_flops(model, x, {"0": bad})
     assert count_flops(model, x, {"0": 0.0}) < count_flops(model, x, {"0": 1.0}) == count_flops(model, x)
+
+
+def test_count_flops_says_which_pruned_layers_it_cannot_see():
+    # nn.MultiheadAttention multiplies by out_proj.weight itself: FlopCounterMode files that
+    # work under the attention module, so out_proj's density cannot be applied.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention, self.head = attention, model
+
+        def forward(self, x):
+            return self.head(self.attention(x, x, x, need_weights=False)[0])
+
+    net, x = Net(), torch.randn(1, 4, 8)
+    with pytest.warns(RuntimeWarning, match=r"1 pruned layer\(s\) \(attention.out_proj\) are not called as modules"):
+        count_flops(net, x, {"attention.out_proj": 0.5, "head.0": 0.5})
+
+
+def test_pick_bounds_are_finite_numbers(tmp_path):
+    trail = Trail()
+    trail.record(step=0, epoch=0, sparsity=0.5, hard_accuracy=0.9)
+    with pytest.raises(ValueError, match="min_accuracy must be a finite number, got nan"):
+        trail.pick(min_accuracy=float("nan"))
+    assert trail.pick(max_sparsity=0.5)["step"] == 0
