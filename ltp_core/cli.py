@@ -32,7 +32,8 @@ from typing import Any
 from .data import DATASETS, INTERPOLATIONS
 
 __all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
-           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
+           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "LR_SCHEDULERS",
+           "OPTIMIZERS", "AMP_DTYPES"]
 
 PROG = "ltp-train"
 LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .cli import FIELDS, UsageError, _flags, config_to_dict, make_config, parse_args, schedule_fixes_epochs
+from .cli import FIELDS, UsageError, config_to_dict, flag_name, make_config, parse_args, schedule_fixes_epochs
 
 __all__ = ["train_flags", "train_command", "command_config", "format_command", "prepare_run_dir", "run_state",
            "repo_root", "resolve_path", "display_path", "sample_maker"]
@@ -54,7 +54,7 @@ def train_flags(settings: Mapping[str, Any]) -> list[str]:
     for key in settings:
         name = key.replace("-", "_")
         name = {"wd": "weight_decay", "j": "workers", "b": "batch_size"}.get(name, name)
-        kind, flag, value = FIELDS[name].metadata["kind"], _flags(name)[-1], getattr(cfg, name)
+        kind, flag, value = FIELDS[name].metadata["kind"], flag_name(name), getattr(cfg, name)
         if value is None or (kind in ("list", "dict") and not value):
             continue
         if kind == "bool":

@@ -41,10 +41,15 @@ def write_target(path: str | os.PathLike) -> Path:
     return path
 
 
+def _is_device(path: Path) -> bool:
+    # /dev/null, /dev/stdout, a named pipe: written into, never replaced
+    return path.exists() and not path.is_file()
+
+
 def publish(tmp: str | os.PathLike, path: Path) -> None:
     """Move the finished temporary file `tmp` to `path` (from `write_target`): a rename, or,
     where `path` is a device or a pipe (/dev/null, /dev/stdout), a copy of its bytes into it."""
-    if path.exists() and not path.is_file():
+    if _is_device(path):
         shutil.copyfile(tmp, path)
         os.unlink(tmp)
     else:
@@ -56,7 +61,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename, so a
     crash never leaves a half-written file and an existing one survives until replaced."""
     path = write_target(path)
-    if path.exists() and not path.is_file():  # a device or a pipe: nothing to replace
+    if _is_device(path):
         path.write_bytes(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` through a temporary file and a rename."""
     path = write_target(path)
-    if path.exists() and not path.is_file():  # a device or a pipe: written in one sequential go
+    if _is_device(path):  # written in one sequential go: a pipe cannot seek
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         path.write_bytes(buffer.getvalue())
@@ -199,11 +204,11 @@ class Trail:
         if not isinstance(records, list):
             raise ValueError(f"{path} is not a trail file (its records are a {type(records).__name__}, not a list)")
         for i, r in enumerate(records):
-            bad = ("not a mapping" if not isinstance(r, dict) else
-                   next((f"{k!r} is missing or not a number" for k in cls.REQUIRED
-                         if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float))), None))
-            if bad:
-                raise ValueError(f"{path} is not a trail file (record {i}: {bad})")
+            if not isinstance(r, dict):
+                raise ValueError(f"{path} is not a trail file (record {i}: not a mapping)")
+            for k in cls.REQUIRED:
+                if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float)):
+                    raise ValueError(f"{path} is not a trail file (record {i}: {k!r} is missing or not a number)")
         trail = cls(path.parent)
         trail.records = list(records)
         return trail
