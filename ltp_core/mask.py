@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 __all__ = ["soft_mask", "hard_mask", "layer_temperature", "SoftPrune", "FusedSoftPrune", "soft_prune",
-           "fused_kernels_work", "FUSED_MIN_WEIGHTS"]
+           "fused_soft_prune", "fused_kernels_work", "FUSED_MIN_WEIGHTS", "FUSED_GROUP", "SMALL_LAYER"]
 
 
 def soft_mask(weight: Tensor, threshold: Tensor | float, temperature: Tensor | float) -> Tensor:
@@ -106,20 +107,37 @@ class SoftPrune(torch.autograd.Function):
         return grad_w, grad_tau, None, None
 
 
-# -- the fused variant: the same math, compiled into one kernel per direction -------------------
+# -- the fused variant: the same math, compiled, several layers per call ------------------------
 #
 # Eager PyTorch makes about eleven passes over a layer's weights per step (two reductions for
 # T, five forward ops, four backward ones). torch.compile (Inductor) fuses each direction into
-# one kernel: the forward reads w twice (T's two sums, then the mask) and writes v; the
-# backward reads the upstream gradient and w once and recomputes the mask. A ResNet-18 step's
-# mask work takes about half the eager time (see `python -m ltp_core.bench`). Compiling costs
-# seconds once per process (then cached on disk), so by default `LTP` compiles only for a model
-# with a layer of at least FUSED_MIN_WEIGHTS weights, and then runs every layer's mask
-# compiled: in a training step one compiled call costs less than a small layer's dozen eager
-# ops, whose code runs cold after each convolution. Only where the kernels build
-# (`fused_kernels_work`: on CPU Inductor needs a C++ compiler, on CUDA Triton).
+# one kernel per layer: the forward reads w twice (T's two sums, then the mask) and writes v;
+# the backward reads the upstream gradient and w once and recomputes the mask.
+#
+# The compiled functions take FUSED_GROUP layers per call: LTP's forward pre-hook hands a
+# model's layers over in groups (`fused_soft_prune`), so a ResNet-18 step makes three compiled
+# calls per direction, not 21. One call runs its layers' loops back to back in one C++
+# function (one burst of Triton launches on CUDA), and pays the guards and wrappers of a
+# compiled call (a few hundred microseconds with autograd, on this project's CPU) once for all
+# of them: the benchmark's ResNet-18 step measured faster so (README, "Performance"). A
+# group's backward runs once all of its layers' gradients have arrived; its layers are
+# consecutive, so that is soon after its first layer's, and DDP still overlaps its all-reduce
+# with the rest of the backward, group by group.
+#
+# One compiled graph serves every model: sizes are dynamic and not "duck-sized" (equal sizes
+# would be guarded equal, and a model with another pattern of equal sizes would compile again),
+# a group with fewer layers is padded with constant stand-ins, and a group never mixes devices,
+# dtypes or the `exact` flag. Inductor's CPU code does specialize a sum on whether it has more
+# than 4096 elements, so layers up to SMALL_LAYER weights go in groups of their own (a second
+# graph, compiled when first needed; `LTP`'s automatic mode leaves such layers eager).
+#
+# Compiling costs seconds once per process (then cached on disk), so by default `LTP` compiles
+# only for a model with a layer of at least FUSED_MIN_WEIGHTS weights, and only where the
+# kernels build (`fused_kernels_work`: on CPU Inductor needs a C++ compiler, on CUDA Triton).
 
 FUSED_MIN_WEIGHTS = 1 << 16  # ~ where compiled and eager cost the same, one layer alone (CPU, 2 threads)
+FUSED_GROUP = 8  # layers per compiled call
+SMALL_LAYER = 4096  # Inductor's CPU sums switch strategy above this many elements (a guard)
 
 
 def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
@@ -132,7 +150,7 @@ def _as_compute(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def _fused_forward_math(w: Tensor, tau: Tensor, t0: float):
+def _layer_forward(w: Tensor, tau: Tensor, t0: float) -> tuple[Tensor, Tensor, Tensor]:
     wf = _as_compute(w)
     temperature = _fused_temperature(wf, t0)
     # Scalars folded first, so the per-weight work is a multiply-add, an exp and one division
@@ -142,8 +160,8 @@ def _fused_forward_math(w: Tensor, tau: Tensor, t0: float):
     return (wf * m).to(w.dtype), m.sum(), temperature
 
 
-def _fused_backward_math(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor, temperature: Tensor,
-                         exact: bool):
+def _layer_backward(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor, temperature: Tensor,
+                    exact: bool) -> tuple[Tensor, Tensor]:
     # The mask is recomputed, not saved by the forward: on a CPU a ResNet-18 step measured
     # slightly faster so (a sigmoid per weight costs less than writing m and reading it back),
     # and it saves a weight-sized tensor per layer.
@@ -160,32 +178,85 @@ def _fused_backward_math(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor
     return grad_w.to(w.dtype), grad_tau
 
 
+def _group_forward(weights: list[Tensor], taus: list[Tensor], t0s: list[float]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    return [_layer_forward(w, tau, t0) for w, tau, t0 in zip(weights, taus, t0s)]
+
+
+def _group_backward(grads_v: list[Tensor], grads_l0: list[Tensor], weights: list[Tensor], taus: list[Tensor],
+                    temperatures: list[Tensor], exact: bool) -> list[tuple[Tensor, Tensor]]:
+    return [_layer_backward(*args, exact) for args in zip(grads_v, grads_l0, weights, taus, temperatures)]
+
+
 _KERNELS: dict[str, object] = {}
 
 
 def _kernel(name: str):
     if name not in _KERNELS:
-        fn = _fused_forward_math if name == "forward" else _fused_backward_math
+        fn = _group_forward if name == "forward" else _group_backward
         _KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     return _KERNELS[name]
 
 
+try:
+    from torch.fx.experimental import _config as _shape_config
+except ImportError:  # a torch without the switch: equal sizes compile again, no worse
+    _shape_config = None
+
+
+@contextlib.contextmanager
+def _no_duck_sizing() -> Iterator[None]:
+    # Read when a graph is compiled (not when it runs), so it is set around every call; by hand,
+    # as config.patch() builds a class per call (~20 us).
+    if _shape_config is None or not hasattr(_shape_config, "use_duck_shape"):
+        yield
+        return
+    before = _shape_config.use_duck_shape
+    _shape_config.use_duck_shape = False
+    try:
+        yield
+    finally:
+        _shape_config.use_duck_shape = before
+
+
+class _Padding:
+    """The stand-ins that fill a group up to FUSED_GROUP layers: one weight, gradient and three
+    scalars per missing layer, each tensor distinct (the compiled graph is specialized on which
+    inputs alias) and of a size in the group's class (zeros: T is floored, the mask is 1/2)."""
+
+    def __init__(self, like: Tensor, small: bool) -> None:
+        k, n = FUSED_GROUP - 1, 64 if small else SMALL_LAYER + 1
+
+        def make(size: tuple[int, ...], dtype: torch.dtype = like.dtype, value: float = 0.0) -> list[Tensor]:
+            return [torch.full(size, value, dtype=dtype, device=like.device) for _ in range(k)]
+
+        compute = _as_compute(like).dtype  # of T and of the soft-L0 (and so of its gradient)
+        self.weights, self.grads_v, self.taus = make((n,)), make((n,)), make(())
+        self.grads_l0, self.temperatures = make((), compute), make((), compute, 1.0)
+
+
+@functools.cache
+def _padding(device: torch.device, dtype: torch.dtype, small: bool) -> _Padding:
+    return _Padding(torch.empty((), dtype=dtype, device=device), small)
+
+
 def _probe(device_type: str) -> None:
-    # As many weights as the smallest layer that uses the kernels by default: Inductor's
-    # code for tiny sizes is guarded to them, so a tiny probe would serve no real layer.
-    w = torch.linspace(-1.0, 1.0, FUSED_MIN_WEIGHTS, device=device_type)
-    tau = torch.tensor(0.25, device=device_type)
-    _, l0, temperature = _kernel("forward")(w, tau, 0.5)
-    _kernel("backward")(torch.ones_like(w), torch.ones_like(l0), w, tau, temperature, False)
+    # Layers as big as the smallest that uses the kernels by default: Inductor's code is
+    # guarded to a size class, so a tiny probe would serve no real layer.
+    ws = [torch.linspace(-1.0, 1.0, FUSED_MIN_WEIGHTS + i, device=device_type) for i in range(FUSED_GROUP)]
+    taus = [torch.tensor(0.25, device=device_type) for _ in ws]
+    with _no_duck_sizing():
+        out = _kernel("forward")(ws, taus, [0.5] * len(ws))
+        _kernel("backward")([torch.ones_like(w) for w in ws], [torch.ones_like(o[1]) for o in out], ws, taus,
+                            [o[2] for o in out], False)
 
 
 @functools.cache
 def fused_kernels_work(device_type: str) -> bool:
     """Whether the compiled mask kernels build and run on `device_type` ("cpu", "cuda", ...).
 
-    Checked once per process by compiling both directions for a FUSED_MIN_WEIGHTS-long weight
-    (the kernels are compiled for dynamic sizes, so this compile serves the layers that
-    follow). Any failure (no C++
+    Checked once per process by compiling both directions for a group of FUSED_GROUP layers of
+    about FUSED_MIN_WEIGHTS weights (the kernels are compiled for dynamic sizes, so this compile
+    serves every layer of more than SMALL_LAYER weights that follows). Any failure (no C++
     compiler, no Triton, an unsupported platform) answers False, with one warning saying why.
     """
     try:  # in the global state FusedSoftPrune calls the kernels in: grad off, autocast off
@@ -227,39 +298,79 @@ def _unflat(flat: Tensor, shape: torch.Size, order: list[int] | None) -> Tensor:
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    # Entering autocast costs more than the check, and a training step calls this per layer.
+    # Entering autocast costs more than the check, and a training step calls this per group.
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
 
 class FusedSoftPrune(torch.autograd.Function):
-    """(w, tau, t0) -> (v, L0): `SoftPrune` with T = t0 * Var(|w|) computed inside, each
-    direction one compiled kernel. Same values and gradients as the eager path up to float32
-    rounding (the math is float32, float64 for float64 weights).
-    v has w's layout (a channels_last weight gives a channels_last v)."""
+    """(exact, t0s, w_1..w_n, tau_1..tau_n) -> (v_1..v_n, L0_1..L0_n) for n <= FUSED_GROUP
+    layers of one device, dtype and size class (see `fused_soft_prune`, which forms the groups):
+    `SoftPrune` for each, with T_i = t0s[i] * Var(|w_i|) computed inside, each direction one
+    compiled call for the group. Same values and gradients as the eager path up to float32
+    rounding (the math is float32, float64 for float64 weights). Each v_i has w_i's layout (a
+    channels_last weight gives a channels_last v)."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, threshold: Tensor, t0: float, exact: bool):
-        order = _memory_order(weight)
-        flat = _flat(weight, order)
-        tau = threshold.detach()
+    def forward(ctx, exact: bool, t0s: tuple[float, ...], *weights_and_thresholds: Tensor):
+        n = len(t0s)
+        weights, thresholds = weights_and_thresholds[:n], weights_and_thresholds[n:]
+        ctx.orders = [_memory_order(w) for w in weights]
+        ctx.shapes = [w.shape for w in weights]
+        flats = [_flat(w, order) for w, order in zip(weights, ctx.orders)]
+        taus = [t.detach() for t in thresholds]
+        pad = _padding(flats[0].device, flats[0].dtype, flats[0].numel() <= SMALL_LAYER)
         # Autocast off: the math is float32 whatever the context, and the compiled kernel sees
         # one global state (under bf16 autocast it would otherwise compile a second time).
-        with _autocast_off(weight.device.type):
-            v, l0, temperature = _kernel("forward")(flat, tau, t0)
-        ctx.save_for_backward(flat, tau, temperature)
-        ctx.exact, ctx.order, ctx.shape = exact, order, weight.shape
-        return _unflat(v, weight.shape, order), l0
+        with _autocast_off(flats[0].device.type), _no_duck_sizing():
+            out = _kernel("forward")(flats + pad.weights[:FUSED_GROUP - n], taus + pad.taus[:FUSED_GROUP - n],
+                                     list(t0s) + [1.0] * (FUSED_GROUP - n))[:n]
+        temperatures = [o[2] for o in out]
+        ctx.save_for_backward(*flats, *taus, *temperatures)
+        ctx.exact, ctx.pad = exact, pad
+        return (*(_unflat(o[0], shape, order) for o, shape, order in zip(out, ctx.shapes, ctx.orders)),
+                *(o[1] for o in out))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
-        flat, tau, temperature = ctx.saved_tensors
-        with _autocast_off(flat.device.type):
-            grad_w, grad_tau = _kernel("backward")(_flat(grad_v, ctx.order), grad_l0, flat, tau, temperature,
-                                                   ctx.exact)
-        return _unflat(grad_w, ctx.shape, ctx.order), grad_tau.to(flat.dtype), None, None
+    def backward(ctx, *grads: Tensor):
+        n, pad = len(ctx.shapes), ctx.pad
+        saved = ctx.saved_tensors
+        flats, taus, temperatures = list(saved[:n]), list(saved[n:2 * n]), list(saved[2 * n:])
+        grads_v = [_flat(g, order) for g, order in zip(grads[:n], ctx.orders)]
+        # Tensors of their own: autograd hands one tensor to several layers' L0 (the gradient of
+        # their sum), and the compiled graph is specialized on which inputs are the same object.
+        grads_l0 = [g.detach() for g in grads[n:]]
+        k = FUSED_GROUP - n
+        with _autocast_off(flats[0].device.type), _no_duck_sizing():
+            out = _kernel("backward")(grads_v + pad.grads_v[:k], grads_l0 + pad.grads_l0[:k],
+                                      flats + pad.weights[:k], taus + pad.taus[:k],
+                                      temperatures + pad.temperatures[:k], ctx.exact)[:n]
+        return (None, None, *(_unflat(o[0], shape, order) for o, shape, order in zip(out, ctx.shapes, ctx.orders)),
+                *(o[1].to(f.dtype) for o, f in zip(out, flats)))
+
+
+def fused_soft_prune(weights: list[Tensor], thresholds: list[Tensor], t0s: list[float], exact: list[bool]
+                     ) -> tuple[list[Tensor], list[Tensor]]:
+    """(v_i, L0_i) for every layer i, as `SoftPrune` with T_i = t0s[i] * Var(|w_i|), through the
+    compiled kernels: the layers go in groups of up to FUSED_GROUP, in the order given, each
+    group of one device, dtype, size class (up to SMALL_LAYER weights or more) and `exact`
+    flag. Returns two lists in the order of `weights`: the soft-pruned weights (each of its
+    weight's shape and layout) and the 0-d soft-L0s (float32 for 16-bit weights)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault((w.device, w.dtype, w.numel() <= SMALL_LAYER, bool(exact[i])), []).append(i)
+    vs: list[Tensor | None] = [None] * len(weights)
+    l0s: list[Tensor | None] = [None] * len(weights)
+    for (_, _, _, flag), members in groups.items():
+        for start in range(0, len(members), FUSED_GROUP):
+            chunk = members[start:start + FUSED_GROUP]
+            out = FusedSoftPrune.apply(flag, tuple(float(t0s[i]) for i in chunk), *(weights[i] for i in chunk),
+                                       *(thresholds[i] for i in chunk))
+            for j, i in enumerate(chunk):
+                vs[i], l0s[i] = out[j], out[len(chunk) + j]
+    return vs, l0s
 
 
 def soft_prune(weight: Tensor, threshold: Tensor, temperature: Tensor, exact_weight_grad: bool = False

@@ -23,7 +23,8 @@ from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .flops import count_flops
-from .mask import FUSED_MIN_WEIGHTS, FusedSoftPrune, SoftPrune, fused_kernels_work, hard_mask, layer_temperature
+from .mask import (FUSED_MIN_WEIGHTS, SMALL_LAYER, SoftPrune, fused_kernels_work, fused_soft_prune, hard_mask,
+                   layer_temperature)
 
 __all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers", "zero_fractions"]
 
@@ -109,10 +110,11 @@ class ThresholdMask(nn.Module):
                                                    device=weight.device))
         self.t0 = float(t0)
         self.exact_weight_grad = bool(exact_weight_grad)
-        # True: compiled kernels (mask.FusedSoftPrune); False: eager ops; None: compiled when
+        # True: compiled kernels (mask.fused_soft_prune); False: eager ops; None: compiled when
         # the model is big enough for compiling to pay (its largest pruned layer, `largest_layer`
-        # weights, LTP passes it; this layer's own size by default) and the kernels build on the
-        # weight's device.
+        # weights, LTP passes it; this layer's own size by default), this layer has more than
+        # mask.SMALL_LAYER weights (smaller ones would compile a graph of their own, for
+        # microseconds a step) and the kernels build on the weight's device.
         self.fused = None if fused is None else bool(fused)
         self.largest_layer = weight.numel() if largest_layer is None else int(largest_layer)
         self.hard = False  # True: forward applies the deployment mask step(w**2 - tau)
@@ -131,16 +133,17 @@ class ThresholdMask(nn.Module):
             return prepared[1]
         return self._masked(weight)
 
-    def prepare(self, weight: Tensor) -> None:
-        """Compute v for `weight` now; the next forward returns it if the weight, threshold
-        and grad mode are still the same (else it computes afresh). LTP calls this for every
-        layer just before the model's forward (see `_PrepareMasks`)."""
-        v = self._masked(weight)
+    def prepare(self, weight: Tensor, computed: tuple[Tensor, Tensor] | None = None) -> None:
+        """Compute v for `weight` now (or take `computed`, its (v, soft-L0) computed with other
+        layers'); the next forward returns it if the weight, threshold and grad mode are still
+        the same (else it computes afresh). LTP calls this for every layer just before the
+        model's forward (see `_PrepareMasks`)."""
+        v = self._masked(weight, computed)
         self._prepared = (self._l0_key, v)
 
-    def _masked(self, weight: Tensor) -> Tensor:
+    def _masked(self, weight: Tensor, computed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         # v for `weight`; its soft-L0 is kept for the regularizer
-        v, self.last_l0 = self._soft_prune(weight)
+        v, self.last_l0 = computed or self._soft_prune(weight)
         self._l0_key = self._key(weight)
         return v
 
@@ -164,12 +167,13 @@ class ThresholdMask(nn.Module):
         if (self.fused is False or torch.compiler.is_compiling() or torch.jit.is_tracing()
                 or is_in_torch_dispatch_mode(include_infra_modes=False)):
             return False
-        return self.fused or (self.largest_layer >= FUSED_MIN_WEIGHTS and weight.dtype in _FUSED_DTYPES
-                              and fused_kernels_work(weight.device.type))
+        return self.fused or (self.largest_layer >= FUSED_MIN_WEIGHTS and weight.numel() > SMALL_LAYER
+                              and weight.dtype in _FUSED_DTYPES and fused_kernels_work(weight.device.type))
 
     def _soft_prune(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         if self.uses_fused(weight):
-            return FusedSoftPrune.apply(weight, self.threshold, self.t0, self.exact_weight_grad)
+            vs, l0s = fused_soft_prune([weight], [self.threshold], [self.t0], [self.exact_weight_grad])
+            return vs[0], l0s[0]
         return SoftPrune.apply(weight, self.threshold, self.temperature(weight), self.exact_weight_grad)
 
     def __getstate__(self) -> dict:
@@ -187,10 +191,11 @@ class _PrepareMasks:
     """Forward pre-hook on the pruned model: computes every layer's soft-pruned weight, back to
     back, before the forward starts; each layer's forward then returns its prepared v.
 
-    Same values and autograd graph as computing each mask when its layer runs, but faster on a
-    CPU: between two layers a convolution streams megabytes through the caches, so the mask's
-    Python, dispatch and kernel-launch code would start cold at every layer (the benchmark's
-    ResNet-18 step, with and without this hook side by side: about 3% faster). A module-level
+    Same values and gradients as computing each mask when its layer runs, but faster: the
+    compiled layers go to the kernels in groups of mask.FUSED_GROUP, a few calls instead of one
+    per layer, and on a CPU the eager ones run while their code is warm (between two layers a
+    convolution streams megabytes through the caches, so the mask's Python, dispatch and
+    kernel-launch code would start cold at every layer). A module-level
     class, not a bound method of LTP, so a deepcopy of the model gets a hook on its own layers.
     All prepared weights are alive at once until their layers run (under autocast, float32
     copies a layer would otherwise drop as soon as it has cast them).
@@ -203,12 +208,21 @@ class _PrepareMasks:
         # A compiled or traced model fuses / records the mask ops in place, layer by layer.
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return
+        fused = []
         for layer in self.layers:
             if not parametrize.is_parametrized(layer, "weight"):
                 continue
-            mask = layer.parametrizations.weight[0]
+            mask, weight = layer.parametrizations.weight[0], layer.parametrizations.weight.original
             if isinstance(mask, ThresholdMask) and not mask.hard:
-                mask.prepare(layer.parametrizations.weight.original)
+                if mask.uses_fused(weight):
+                    fused.append((mask, weight))
+                else:
+                    mask.prepare(weight)
+        if fused:
+            vs, l0s = fused_soft_prune([w for _, w in fused], [m.threshold for m, _ in fused],
+                                       [m.t0 for m, _ in fused], [m.exact_weight_grad for m, _ in fused])
+            for (mask, weight), v, l0 in zip(fused, vs, l0s):
+                mask.prepare(weight, (v, l0))
 
 
 class LTP:
@@ -222,11 +236,12 @@ class LTP:
         exclude_first, exclude_last: leave the first / last prunable layer dense.
         exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
         fused: how the mask's elementwise work runs. None (default): as two torch.compile'd
-            kernels (`mask.FusedSoftPrune`: same math, about half the passes over the weights)
-            for every layer, when the model has a layer of at least `mask.FUSED_MIN_WEIGHTS`
-            (65536) weights and the kernels build on the device (checked once per process;
-            else a warning and eager); a model of only smaller layers runs eager ops
-            (`mask.SoftPrune`), as compiling would not pay. Compiling costs a few seconds once
+            kernels (`mask.fused_soft_prune`: same math, about half the passes over the weights,
+            a few layers per call) for every layer of more than `mask.SMALL_LAYER` (4096)
+            weights, when the model has a layer of at least `mask.FUSED_MIN_WEIGHTS` (65536)
+            weights and the kernels build on the device (checked once per process; else a
+            warning and eager); smaller layers, and every layer of a model of only small
+            ones, run eager ops (`mask.SoftPrune`), as compiling would not pay. Compiling costs a few seconds once
             per process (cached on disk). True: compiled for every layer (a failure to compile
             raises). False: eager everywhere. Inside a torch.compile'd model every layer runs
             the eager ops, which that compile fuses.

@@ -69,7 +69,14 @@ def _assert_same_step(nets, pruners, x, y, threshold, atol):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3 if a.dim() == 0 else 1e-4, atol=atol)
 
 
-# -- the compiled mask kernels (mask.FusedSoftPrune) as LTP's default for big layers ------------
+# -- the compiled mask kernels (mask.fused_soft_prune) as LTP's default for big layers ----------
+
+def _fused(w, tau, t0=0.1, exact=False):
+    from ltp_core.mask import fused_soft_prune
+
+    vs, l0s = fused_soft_prune([w], [tau], [t0], [exact])
+    return vs[0], l0s[0]
+
 
 def _needs_compiler():
     from ltp_core.mask import fused_kernels_work
@@ -98,8 +105,8 @@ def test_default_compiles_every_layer_of_a_big_model_only_and_matches_eager():
     eager = copy.deepcopy(auto)
     pruners = [LTP(auto, lambda_=1.0), LTP(eager, lambda_=1.0, fused=False)]
     masks = [auto[i].parametrizations.weight[0] for i in (0, 2)]
-    # one layer big enough: the small one (2560 weights) runs the compiled kernels too
-    assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, True]
+    # one layer big enough; the small one (2560 weights, up to mask.SMALL_LAYER) stays eager
+    assert [m.uses_fused(auto[i].parametrizations.weight.original) for m, i in zip(masks, (0, 2))] == [True, False]
     assert auto[0].weight.numel() == FUSED_MIN_WEIGHTS
     _assert_same_step((auto, eager), pruners, torch.randn(16, 256), torch.randint(10, (16,)),
                       threshold=1e-3, atol=1e-6)
@@ -121,9 +128,10 @@ def test_flop_count_of_a_compiled_model():
 
 
 def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
-    from ltp_core.mask import FusedSoftPrune, SoftPrune, layer_temperature
+    from ltp_core.mask import SoftPrune, layer_temperature
 
     _needs_compiler()  # compiles both directions once, for dynamic sizes
+    _fused(torch.randn(8, 4, requires_grad=True), torch.tensor(2e-3))[0].sum().backward()  # small layers' graph
     torch.manual_seed(0)
     shapes = [(64, 32, 3, 3), (512, 128, 1, 1), (300, 250), (70000,), (64, 3, 7, 7), (10, 512), (8, 4)]
     with torch._dynamo.config.patch(error_on_recompile=True):  # a new shape or layout must not recompile
@@ -134,7 +142,7 @@ def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
                     w = w.to(memory_format=torch.channels_last)
                 w.requires_grad_()
                 tau = torch.tensor(2e-3, requires_grad=True)
-                v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)
+                v, l0 = _fused(w, tau)
                 assert v.stride() == w.stride()  # channels_last in, channels_last out: no copy
                 g = torch.randn(shape)
                 grads = torch.autograd.grad((v * g).sum() + 0.5 * l0, (w, tau))
@@ -146,6 +154,59 @@ def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
                 torch.testing.assert_close(l0, l02, rtol=1e-5, atol=1e-3)
                 for a, b in zip(grads, expected):
                     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_layers_grouped_in_one_call_match_eager_layer_by_layer(exact):
+    # 19 layers of every kind at once: a group of FUSED_GROUP and padded ones, per size
+    # class, equal sizes in several patterns, row-major and channels_last, one frozen weight.
+    from ltp_core.mask import FUSED_GROUP, SMALL_LAYER, SoftPrune, fused_soft_prune, layer_temperature
+
+    _needs_compiler()
+    torch.manual_seed(0)
+    shapes = [(64, 64, 3, 3), (64, 64, 3, 3), (8, 4), (128, 64, 3, 3), (64, 64, 3, 3), (128, 64, 1, 1),
+              (300, 250), (70000,), (16, 3, 3, 3), (128, 128, 3, 3), (64, 64, 3, 3), (10, 512), (9, 9),
+              (256, 128, 1, 1), (128, 128, 3, 3), (4097,), (4096,), (64, 3, 7, 7), (10, 512)]
+    weights = []
+    for i, shape in enumerate(shapes):
+        w = torch.randn(shape) * 0.05
+        if len(shape) == 4 and i % 2:
+            w = w.to(memory_format=torch.channels_last)
+        weights.append(w.requires_grad_(i != 3))
+    taus = [torch.tensor(float(w.detach().pow(2).median()), requires_grad=True) for w in weights]
+    t0s = [0.1 + 0.01 * i for i in range(len(shapes))]
+    small = sum(w.numel() <= SMALL_LAYER for w in weights)
+    assert small >= 2 and len(shapes) - small > FUSED_GROUP  # a full group, padded ones
+    vs, l0s = fused_soft_prune(weights, taus, t0s, [exact] * len(shapes))  # compiles what it needs
+    torch.autograd.grad(sum(v.sum() + l0 for v, l0 in zip(vs, l0s)), taus)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # then serves any other mix
+        vs, l0s = fused_soft_prune(weights, taus, t0s, [exact] * len(shapes))
+        gs = [torch.randn(s) for s in shapes]
+        loss = sum((v * g).sum() + 0.5 * l0 for v, g, l0 in zip(vs, gs, l0s))
+        inputs = [w for w in weights if w.requires_grad] + taus
+        grads = torch.autograd.grad(loss, inputs)
+        vs2, l0s2 = fused_soft_prune(weights[5:12][::-1], taus[5:12][::-1], t0s[5:12][::-1], [exact] * 7)
+    for i, (w, tau, v, l0) in enumerate(zip(weights, taus, vs, l0s)):
+        assert v.shape == w.shape and v.stride() == w.stride()
+        w2 = w.detach().clone().requires_grad_()
+        v_ref, l0_ref = SoftPrune.apply(w2, tau, layer_temperature(w2, t0s[i]), exact)
+        torch.testing.assert_close(v, v_ref)
+        torch.testing.assert_close(l0, l0_ref, rtol=1e-5, atol=1e-3)
+        if 5 <= i < 12:
+            torch.testing.assert_close(vs2[11 - i], v)
+    ref_loss = 0
+    refs = []
+    for w, tau, t0, g in zip(weights, taus, t0s, gs):
+        w2, tau2 = w.detach().clone().requires_grad_(w.requires_grad), tau.detach().clone().requires_grad_()
+        v_ref, l0_ref = SoftPrune.apply(w2, tau2, layer_temperature(w2, t0), exact)
+        ref_loss = ref_loss + (v_ref * g).sum() + 0.5 * l0_ref
+        refs.append((w2, tau2))
+    expected = torch.autograd.grad(ref_loss, [w for w, _ in refs if w.requires_grad] + [t for _, t in refs])
+    for a, b, x in zip(grads, expected, inputs):
+        # z = (w**2 - tau) / T reaches ~100 here: the two ways of rounding it move m by ~1e-6
+        # (the exact gradient's 2w/T factor, ~1e3, scales that up with the gradient itself)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * max(1.0, b.abs().max().item()))
+        assert a.stride() == x.stride()  # a channels_last weight gets a channels_last gradient
 
 
 def test_without_a_working_compiler_the_default_falls_back_to_eager(monkeypatch):
@@ -195,22 +256,20 @@ def test_whole_model_compile_with_a_big_layer_matches_eager(fused):
 
 
 def test_compiled_kernels_under_autocast_stay_float32_and_never_recompile():
-    from ltp_core.mask import FusedSoftPrune
-
     _needs_compiler()
     torch.manual_seed(0)
     w = (torch.randn(300, 250) * 0.05).requires_grad_()
     tau = torch.tensor(2e-3, requires_grad=True)
-    plain = FusedSoftPrune.apply(w, tau, 0.1, False)[0]
+    plain = _fused(w, tau)[0]
     with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cpu", dtype=torch.bfloat16):
-        v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)
+        v, l0 = _fused(w, tau)
         (v.sum() + l0).backward()
     assert v.dtype == torch.float32 and torch.equal(v, plain)
     assert w.grad.dtype == torch.float32 and tau.grad is not None
 
 
 def test_float64_weights_keep_float64_math():
-    from ltp_core.mask import FusedSoftPrune, SoftPrune, layer_temperature
+    from ltp_core.mask import SoftPrune, layer_temperature
 
     _needs_compiler()
     net = torch.nn.Linear(256, 256).double()
@@ -219,7 +278,7 @@ def test_float64_weights_keep_float64_math():
     torch.manual_seed(0)
     w = (torch.randn(300, 250, dtype=torch.float64) * 0.05).requires_grad_()
     tau = torch.tensor(2e-3, dtype=torch.float64, requires_grad=True)
-    v, l0 = FusedSoftPrune.apply(w, tau, 0.1, False)  # asked for: float64 kernels
+    v, l0 = _fused(w, tau)  # asked for: float64 kernels
     v2, l02 = SoftPrune.apply(w, tau, layer_temperature(w, 0.1), False)
     assert v.dtype == l0.dtype == torch.float64
     torch.testing.assert_close(v, v2, rtol=1e-12, atol=1e-14)
@@ -243,12 +302,14 @@ def test_cuda_big_model_runs_the_compiled_kernels_and_matches_eager():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(),
                               torch.nn.Conv2d(32, 256, 3), torch.nn.ReLU(),  # 73728 weights: big enough
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+                              torch.nn.Conv2d(256, 64, 1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
     net = net.cuda().to(memory_format=torch.channels_last)
     eager = copy.deepcopy(net)
     pruners = [LTP(net, lambda_=1.0), LTP(eager, lambda_=1.0, fused=False)]
-    assert all(m.parametrizations.weight[0].uses_fused(m.parametrizations.weight.original)
-               for m in pruners[0].layers.values())
+    # the two big layers as one group of compiled kernels; the small ones (864 and 640) eager
+    assert [m.parametrizations.weight[0].uses_fused(m.parametrizations.weight.original)
+            for m in pruners[0].layers.values()] == [False, True, True, False]
     x = torch.randn(8, 3, 16, 16, device="cuda").to(memory_format=torch.channels_last)
     y = torch.randint(10, (8,), device="cuda")
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
