@@ -16,7 +16,10 @@ regularizer. With s = m and s' = s (1 - s):
     dv/dw   ~= s                          (the paper's eq. 14: the mask is held constant in w)
 
 In the paper's mode the mask is constant with respect to w everywhere, so L0 sends no
-gradient to w either; tau always gets its full gradient.
+gradient to w either; tau always gets its full gradient, but for a layer whose T is at its
+floor (TEMPERATURE_FLOOR: all weights of one magnitude, e.g. a zero-initialized head). The mask
+is a step there and 1/T would turn any s' into a jump of tau to 1e12 times its size, pruning
+the whole layer before it has learned anything; tau waits instead until the weights spread.
 """
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["soft_mask", "hard_mask", "layer_temperature", "SoftPrune", "FusedSoftPrune", "soft_prune",
-           "fused_soft_prune", "fused_kernels_work", "FUSED_MIN_WEIGHTS", "FUSED_GROUP", "SMALL_LAYER"]
+           "fused_soft_prune", "fused_kernels_work", "FUSED_MIN_WEIGHTS", "FUSED_GROUP", "SMALL_LAYER",
+           "TEMPERATURE_FLOOR"]
+
+TEMPERATURE_FLOOR = 1e-12  # units of w**2: the least T a layer gets (see layer_temperature)
 
 
 def soft_mask(weight: Tensor, threshold: Tensor | float, temperature: Tensor | float) -> Tensor:
@@ -57,8 +63,9 @@ def layer_temperature(weight: Tensor, t0: float) -> Tensor:
     Returns a detached 0-d tensor in units of w**2. The rule makes every layer hold a similar
     share of its weights in the transition band whatever its scale, so t0 is dimensionless.
     Computed as E[w**2] - E[|w|]**2 (the population variance) from two reductions that
-    allocate nothing, in float32 at least; a floor of 1e-12 keeps a constant layer from
-    dividing by zero.
+    allocate nothing, in float32 at least; a floor of TEMPERATURE_FLOOR (1e-12) keeps a layer
+    whose weights all have one magnitude from dividing by zero (its threshold then gets no
+    gradient: see the module docstring).
     """
     with torch.no_grad():
         w = weight.detach().reshape(-1)
@@ -67,13 +74,14 @@ def layer_temperature(weight: Tensor, t0: float) -> Tensor:
         n = w.numel()
         mean_sq = torch.dot(w, w) / n
         mean_abs = torch.linalg.vector_norm(w, 1) / n
-        return (t0 * (mean_sq - mean_abs * mean_abs)).clamp_min(1e-12).to(weight.dtype)
+        return (t0 * (mean_sq - mean_abs * mean_abs)).clamp_min(TEMPERATURE_FLOOR).to(weight.dtype)
 
 
 class SoftPrune(torch.autograd.Function):
     """(w, tau, T) -> (v = w * m, L0 = sum m), fused, with the gradient described above.
 
-    T is treated as a constant (no gradient). `exact` selects the exact weight gradient
+    T is treated as a constant (no gradient); at or below TEMPERATURE_FLOOR tau gets none
+    either (see the module docstring). `exact` selects the exact weight gradient
     instead of the paper's straight-through one. The elementwise work is a handful of
     passes over the weight (every extra pass over a ResNet's 10-25M weights costs about as
     much as a small layer's forward): forward addcmul, div_, sigmoid_ (in place), mul, sum;
@@ -99,7 +107,8 @@ class SoftPrune(torch.autograd.Function):
         # The factor every non-paper term shares: dv = w s' dz and dL0 = s' dz, z = (w**2 - tau)/T.
         upstream = torch.addcmul(grad_l0.to(grad_v.dtype), grad_v, weight)
         if ctx.needs_input_grad[1]:
-            grad_tau = (torch.dot(upstream.reshape(-1), ds.reshape(-1)) / -temperature).to(weight.dtype)
+            grad_tau = torch.dot(upstream.reshape(-1), ds.reshape(-1)) / -temperature
+            grad_tau = torch.where(temperature > TEMPERATURE_FLOOR, grad_tau, 0).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             grad_w = grad_v * m
             if ctx.exact:  # + (2 w / T) s' (grad_v w + grad_l0)
@@ -142,7 +151,7 @@ SMALL_LAYER = 4096  # Inductor's CPU sums switch strategy above this many elemen
 
 def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
     mean_abs = wf.abs().mean()
-    return (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(1e-12)
+    return (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(TEMPERATURE_FLOOR)
 
 
 def _as_compute(t: Tensor) -> Tensor:
@@ -171,7 +180,7 @@ def _layer_backward(grad_v: Tensor, grad_l0: Tensor, w: Tensor, tau: Tensor, tem
     mf = torch.sigmoid(wf * wf * inv_t - tau.to(wf.dtype) * inv_t)
     ds = mf * (1 - mf)
     upstream = gv * wf + grad_l0.to(wf.dtype)
-    grad_tau = -(upstream * ds).sum() * inv_t
+    grad_tau = torch.where(temperature > TEMPERATURE_FLOOR, -(upstream * ds).sum() * inv_t, 0.0)
     grad_w = gv * mf
     if exact:
         grad_w = grad_w + (2 * inv_t) * wf * ds * upstream

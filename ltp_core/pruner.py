@@ -23,8 +23,8 @@ from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .flops import count_flops
-from .mask import (FUSED_MIN_WEIGHTS, SMALL_LAYER, SoftPrune, fused_kernels_work, fused_soft_prune, hard_mask,
-                   layer_temperature)
+from .mask import (FUSED_MIN_WEIGHTS, SMALL_LAYER, TEMPERATURE_FLOOR, SoftPrune, fused_kernels_work,
+                   fused_soft_prune, hard_mask, layer_temperature)
 
 __all__ = ["LTP", "ThresholdMask", "PRUNABLE_TYPES", "prunable_layers", "select_layers", "zero_fractions"]
 
@@ -326,6 +326,13 @@ class LTP:
         self.num_prunable = sum(self._original(m).numel() for m in self.layers.values())
         self._prepare_hook = model.register_forward_pre_hook(_PrepareMasks(list(self.layers.values())))
         self.finalized = False
+        flat = [n for n, t in self.temperatures.items() if t <= TEMPERATURE_FLOOR]
+        if flat:
+            warnings.warn(f"LTP: layers {flat} have weights all of one magnitude (zero-initialized?), so T is at "
+                          "its floor: their thresholds get no gradient until the weights spread, and then one as "
+                          "large as 1/T while the weights are still small, which can prune such a layer whole in "
+                          "a step; exclude them (exclude=..., --ltp-exclude) unless they start from trained "
+                          "weights", RuntimeWarning, stacklevel=2)
         self._initial_sparsity = self.sparsity()["total"] if target_sparsity is not None else 0.0
 
     # -- access ----------------------------------------------------------------------------

@@ -100,6 +100,29 @@ def test_training_step_updates_weights_and_thresholds():
     assert all(ltp.thresholds[n].item() > before[n] for n in before)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_zero_initialized_layer_is_not_pruned_whole_by_its_first_step(fused):
+    # torchvision's ViT starts its head at zero: T is at its floor there, where 1/T (1e12) would
+    # throw the threshold far above any weight the layer will have and prune all of it for good.
+    from ltp_core.mask import TEMPERATURE_FLOOR, fused_kernels_work
+
+    if fused and not fused_kernels_work("cpu"):
+        pytest.skip("the compiled mask kernels do not build here")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
+    nn.init.zeros_(model[2].weight)
+    with pytest.warns(RuntimeWarning, match=r"layers \['2'\] have weights all of one magnitude"):
+        ltp = LTP(model, lambda_=1.0, fused=fused)
+    assert ltp.temperatures["2"] == pytest.approx(TEMPERATURE_FLOOR)
+    opt = torch.optim.SGD(ltp.param_groups(threshold_lr=1e-6), lr=0.1)  # tau's gradient ~ 1/T
+    x, y = torch.randn(16, 64), torch.randint(10, (16,))
+    loss = nn.functional.cross_entropy(model(x), y) + ltp.regularizer()
+    loss.backward()
+    assert ltp.thresholds["0"].grad != 0 and ltp.thresholds["2"].grad == 0
+    opt.step()
+    assert ltp.sparsity()["2"] == 0 and ltp.temperatures["2"] > TEMPERATURE_FLOOR  # spread: learning from here
+
+
 def test_sparsity_counts_w2_at_or_below_tau():
     layer = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
