@@ -208,7 +208,9 @@ def _kernel(name: str):
 
 try:
     from torch.fx.experimental import _config as _shape_config
-except ImportError:  # a torch without the switch: equal sizes compile again, no worse
+except ImportError:
+    _shape_config = None
+if not hasattr(_shape_config, "use_duck_shape"):  # a torch without the switch: equal sizes compile again, no worse
     _shape_config = None
 
 
@@ -216,7 +218,7 @@ except ImportError:  # a torch without the switch: equal sizes compile again, no
 def _no_duck_sizing() -> Iterator[None]:
     # Read when a graph is compiled (not when it runs), so it is set around every call; by hand,
     # as config.patch() builds a class per call (~20 us).
-    if _shape_config is None or not hasattr(_shape_config, "use_duck_shape"):
+    if _shape_config is None:
         yield
         return
     before = _shape_config.use_duck_shape
@@ -306,6 +308,11 @@ def _unflat(flat: Tensor, shape: torch.Size, order: list[int] | None) -> Tensor:
     return flat.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
 
 
+def _unflat_each(flats: list[Tensor], ctx) -> list[Tensor]:
+    # _unflat for every layer of a FusedSoftPrune group, with the shapes and orders its forward kept
+    return [_unflat(f, shape, order) for f, shape, order in zip(flats, ctx.shapes, ctx.orders)]
+
+
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     # Entering autocast costs more than the check, and a training step calls this per group.
     if torch.is_autocast_enabled(device_type):
@@ -338,8 +345,7 @@ class FusedSoftPrune(torch.autograd.Function):
         temperatures = [o[2] for o in out]
         ctx.save_for_backward(*flats, *taus, *temperatures)
         ctx.exact, ctx.pad = exact, pad
-        return (*(_unflat(o[0], shape, order) for o, shape, order in zip(out, ctx.shapes, ctx.orders)),
-                *(o[1] for o in out))
+        return (*_unflat_each([o[0] for o in out], ctx), *(o[1] for o in out))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -356,8 +362,7 @@ class FusedSoftPrune(torch.autograd.Function):
             out = _kernel("backward")(grads_v + pad.grads_v[:k], grads_l0 + pad.grads_l0[:k],
                                       flats + pad.weights[:k], taus + pad.taus[:k],
                                       temperatures + pad.temperatures[:k], ctx.exact)[:n]
-        return (None, None, *(_unflat(o[0], shape, order) for o, shape, order in zip(out, ctx.shapes, ctx.orders)),
-                *(o[1].to(f.dtype) for o, f in zip(out, flats)))
+        return (None, None, *_unflat_each([o[0] for o in out], ctx), *(o[1].to(f.dtype) for o, f in zip(out, flats)))
 
 
 def fused_soft_prune(weights: list[Tensor], thresholds: list[Tensor], t0s: list[float], exact: list[bool]

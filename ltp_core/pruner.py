@@ -235,16 +235,16 @@ class LTP:
         exclude: module names (as in `model.named_modules()`) left dense.
         exclude_first, exclude_last: leave the first / last prunable layer dense.
         exact_weight_grad: False (default) uses the paper's dv/dw ~= m; True the exact gradient.
-        fused: how the mask's elementwise work runs. None (default): as two torch.compile'd
+        fused: how the mask's elementwise work runs. None (default): as torch.compile'd
             kernels (`mask.fused_soft_prune`: same math, about half the passes over the weights,
-            a few layers per call) for every layer of more than `mask.SMALL_LAYER` (4096)
+            eight layers per call) for every layer of more than `mask.SMALL_LAYER` (4096)
             weights, when the model has a layer of at least `mask.FUSED_MIN_WEIGHTS` (65536)
             weights and the kernels build on the device (checked once per process; else a
-            warning and eager); smaller layers, and every layer of a model of only small
-            ones, run eager ops (`mask.SoftPrune`), as compiling would not pay. Compiling costs a few seconds once
-            per process (cached on disk). True: compiled for every layer (a failure to compile
-            raises). False: eager everywhere. Inside a torch.compile'd model every layer runs
-            the eager ops, which that compile fuses.
+            warning and eager); smaller layers, and every layer of a model of only small ones,
+            run eager ops (`mask.SoftPrune`), as compiling would not pay. Compiling costs a
+            few seconds once per process (cached on disk). True: compiled for every layer (a
+            failure to compile raises). False: eager everywhere. Inside a torch.compile'd model
+            every layer runs the eager ops, which that compile fuses.
         init_threshold: tau at the start, in units of w**2 (0 keeps every weight).
         normalize: True (default) divides the soft-L0 by the number of prunable weights, so
             soft_l0() is the soft fraction of weights kept, in [0, 1], and lambda_ is O(1)
