@@ -53,14 +53,25 @@ def hard_mask(weight: Tensor, threshold: Tensor | float) -> Tensor:
     """The deployment mask step(weight**2 - threshold) as a bool tensor: True = kept.
 
     A weight with weight**2 <= threshold is pruned (so tau = 0 prunes exact zeros only).
+    Squared in float32 for 16-bit weights, as the soft mask is (a float16 square of |w| < 2.4e-4
+    would be 0).
     """
-    return weight * weight > threshold
+    w = _as_compute(weight)
+    return w * w > threshold
+
+
+def _as_compute(t: Tensor) -> Tensor:
+    # The mask's math is float32 for float32/16/bf16 weights, float64 for float64: float16's
+    # range ends near 6e-8 and a layer's w**2, tau and T are often smaller (T ~ 1e-6 for a conv
+    # layer with weights of std 0.03), and a bf16 mask near 1 has steps of 1/256.
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def layer_temperature(weight: Tensor, t0: float) -> Tensor:
     """T_l = t0 * Var(|w|) over all elements of one layer's weight (the paper's eq. 15).
 
-    Returns a detached 0-d tensor in units of w**2. The rule makes every layer hold a similar
+    Returns a detached 0-d tensor in units of w**2, float32 (float64 for float64 weights: see
+    `_as_compute`). The rule makes every layer hold a similar
     share of its weights in the transition band whatever its scale, so t0 is dimensionless.
     Computed as E[w**2] - E[|w|]**2 (the population variance) from two reductions that
     allocate nothing, in float32 at least; a floor of TEMPERATURE_FLOOR (1e-12) keeps a layer
@@ -68,13 +79,11 @@ def layer_temperature(weight: Tensor, t0: float) -> Tensor:
     gradient: see the module docstring).
     """
     with torch.no_grad():
-        w = weight.detach().reshape(-1)
-        if w.dtype in (torch.float16, torch.bfloat16):
-            w = w.float()
+        w = _as_compute(weight.detach().reshape(-1))
         n = w.numel()
         mean_sq = torch.dot(w, w) / n
         mean_abs = torch.linalg.vector_norm(w, 1) / n
-        return (t0 * (mean_sq - mean_abs * mean_abs)).clamp_min(TEMPERATURE_FLOOR).to(weight.dtype)
+        return (t0 * (mean_sq - mean_abs * mean_abs)).clamp_min(TEMPERATURE_FLOOR)
 
 
 class SoftPrune(torch.autograd.Function):
@@ -86,33 +95,36 @@ class SoftPrune(torch.autograd.Function):
     passes over the weight (every extra pass over a ResNet's 10-25M weights costs about as
     much as a small layer's forward): forward addcmul, div_, sigmoid_ (in place), mul, sum;
     backward addcmul (s'), addcmul (upstream), dot (tau's gradient), mul (w's gradient).
+    16-bit weights are computed in float32 (`_as_compute`): m and the soft-L0 are float32, v
+    and the gradients have the dtypes of w and tau.
     """
 
     @staticmethod
     def forward(ctx, weight: Tensor, threshold: Tensor, temperature: Tensor, exact: bool):
-        m = torch.addcmul(-threshold, weight, weight).div_(temperature).sigmoid_()
+        w = _as_compute(weight)  # weight itself, but for 16-bit weights
+        m = torch.addcmul(-threshold.to(w.dtype), w, w).div_(temperature.to(w.dtype)).sigmoid_()
         ctx.save_for_backward(weight, m, temperature)
-        ctx.exact = exact
-        # The L0 sum is accumulated in float32 at least: a bf16 sum of a million ~1.0 terms
-        # would lose the count entirely.
-        l0 = m.sum(dtype=torch.float32 if m.dtype in (torch.float16, torch.bfloat16) else None)
-        return weight * m, l0
+        ctx.exact, ctx.threshold_dtype = exact, threshold.dtype
+        return (w * m).to(weight.dtype), m.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v: Tensor, grad_l0: Tensor):
         weight, m, temperature = ctx.saved_tensors
+        w, grad_v = _as_compute(weight), grad_v.to(m.dtype)
+        temperature = temperature.to(m.dtype)
         grad_w = grad_tau = None
         ds = torch.addcmul(m, m, m, value=-1)  # s' = s (1 - s)
         # The factor every non-paper term shares: dv = w s' dz and dL0 = s' dz, z = (w**2 - tau)/T.
-        upstream = torch.addcmul(grad_l0.to(grad_v.dtype), grad_v, weight)
+        upstream = torch.addcmul(grad_l0.to(m.dtype), grad_v, w)
         if ctx.needs_input_grad[1]:
             grad_tau = torch.dot(upstream.reshape(-1), ds.reshape(-1)) / -temperature
-            grad_tau = torch.where(temperature > TEMPERATURE_FLOOR, grad_tau, 0).to(weight.dtype)
+            grad_tau = torch.where(temperature > TEMPERATURE_FLOOR, grad_tau, 0).to(ctx.threshold_dtype)
         if ctx.needs_input_grad[0]:
             grad_w = grad_v * m
             if ctx.exact:  # + (2 w / T) s' (grad_v w + grad_l0)
-                grad_w.addcmul_(weight * ds, upstream * (2 / temperature))
+                grad_w.addcmul_(w * ds, upstream * (2 / temperature))
+            grad_w = grad_w.to(weight.dtype)
         return grad_w, grad_tau, None, None
 
 
@@ -152,11 +164,6 @@ SMALL_LAYER = 4096  # Inductor's CPU sums switch strategy above this many elemen
 def _fused_temperature(wf: Tensor, t0: float) -> Tensor:
     mean_abs = wf.abs().mean()
     return (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(TEMPERATURE_FLOOR)
-
-
-def _as_compute(t: Tensor) -> Tensor:
-    # float32 math for float32/16/bf16 weights (as the eager path accumulates), float64 kept
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def _layer_forward(w: Tensor, tau: Tensor, t0: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -390,8 +397,8 @@ def fused_soft_prune(weights: list[Tensor], thresholds: list[Tensor], t0s: list[
 def soft_prune(weight: Tensor, threshold: Tensor, temperature: Tensor, exact_weight_grad: bool = False
                ) -> tuple[Tensor, Tensor]:
     """Functional form of `SoftPrune`: returns (v, L0) for one layer; see the module docstring."""
-    if not torch.is_tensor(temperature):
-        temperature = torch.tensor(float(temperature), dtype=weight.dtype, device=weight.device)
+    if not torch.is_tensor(temperature):  # float32 at least (see _as_compute)
+        temperature = torch.tensor(float(temperature), dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device)
     if not torch.is_tensor(threshold):
         threshold = torch.tensor(float(threshold), dtype=weight.dtype, device=weight.device)
     return SoftPrune.apply(weight, threshold, temperature, exact_weight_grad)

@@ -89,3 +89,34 @@ def test_half_precision_l0_is_accumulated_in_float32():
     w = torch.full((100_000,), 10.0, dtype=torch.bfloat16)
     _, l0 = soft_prune(w, torch.tensor(0.0, dtype=torch.bfloat16), torch.tensor(1.0, dtype=torch.bfloat16))
     assert l0.dtype == torch.float32 and l0.item() == 100_000
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_weights_are_masked_in_float32(dtype, exact):
+    # A conv layer's scale: w ~ 3e-3, so w**2, tau and T (~1e-8) are below float16's range.
+    torch.manual_seed(0)
+    w64 = torch.randn(4096, dtype=torch.float64) * 3e-3
+    tau64 = torch.tensor(5e-6, dtype=torch.float64)
+    w, tau = w64.to(dtype).requires_grad_(), tau64.to(dtype).requires_grad_()
+    temperature = layer_temperature(w, 0.01)
+    assert temperature.dtype == torch.float32 and 0 < temperature < 1e-6
+    v, l0 = soft_prune(w, tau, temperature, exact_weight_grad=exact)
+    assert v.dtype == dtype and l0.dtype == torch.float32
+    g = torch.randn(4096, dtype=torch.float64) * 1e-4
+    ((v * g.to(dtype)).sum() + 1e-6 * l0).backward()
+
+    # The reference: float64 from the same (rounded) inputs, plain autograd.
+    wr = w.detach().double().requires_grad_()
+    taur = tau.detach().double().requires_grad_()
+    m = soft_mask(wr if exact else wr.detach(), taur, temperature.double())  # paper: constant in w
+    vr = wr * m
+    ((vr * g.to(dtype).double()).sum() + 1e-6 * m.sum()).backward()
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(v.double(), vr.detach(), rtol=eps, atol=torch.finfo(dtype).tiny * eps)
+    assert torch.isclose(l0.double(), m.sum().detach(), rtol=1e-5)
+    assert torch.isfinite(w.grad).all() and torch.isclose(tau.grad.double(), taur.grad, rtol=4 * eps)
+    # within 4 units in the last place, or float32's rounding of the largest gradient's terms,
+    # or float16's subnormal spacing
+    atol = max(1e-6 * wr.grad.abs().max().item(), 2 * torch.finfo(dtype).tiny * eps)
+    assert torch.allclose(w.grad.double(), wr.grad, rtol=4 * eps, atol=atol)
