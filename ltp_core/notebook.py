@@ -91,6 +91,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _number(value: Any) -> Any:
+    """A one-element tensor or numpy scalar as a Python number; anything else as it is."""
+    try:
+        return value.item() if hasattr(value, "item") else value
+    except (ValueError, RuntimeError):  # more than one element: compared as it is
+        return value
+
+
 class Claims:
     """The claims a notebook makes, each checked against a measurement.
 
@@ -111,8 +119,9 @@ class Claims:
     def check(self, claim: str, value: Any, op: str, bound: Any) -> bool:
         if op not in self.OPS:
             raise ValueError(f"unknown comparison {op!r}; use one of {sorted(self.OPS)}")
+        # Compared before _plain turns a NaN into the string 'nan': a NaN claim fails, it never raises.
+        holds = bool(self.OPS[op](_number(value), _number(bound)))
         value, bound = _plain(value), _plain(bound)
-        holds = bool(self.OPS[op](value, bound))
         self.items.append({"claim": claim, "holds": holds, "value": value, "bound": f"{op} {bound}"})
         return holds
 

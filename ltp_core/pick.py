@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .trail import Trail, atomic_save
+from .trail import Trail, atomic_save, format_compression
 
 __all__ = ["pick_record", "pick_checkpoint", "format_record", "main", "PROG"]
 
@@ -104,7 +104,7 @@ def pick_checkpoint(output_dir: str | os.PathLike, **rule: Any) -> tuple[dict[st
 def format_record(record: dict[str, Any], accuracy_key: str = DEFAULT_KEY) -> str:
     """One line: step, epoch, sparsity (compression), the accuracy key, soft accuracy."""
     parts = [f"step {record['step']}", f"epoch {record['epoch']:g}",
-             f"sparsity {record['sparsity']:.4f} ({record.get('compression', float('nan')):.2f}x)"]
+             f"sparsity {record['sparsity']:.4f} ({format_compression(record.get('compression'))})"]
     acc = record.get(accuracy_key)
     parts.append(f"{accuracy_key} {acc:.4f}" if isinstance(acc, (int, float)) else f"{accuracy_key} -")
     if accuracy_key != "soft_accuracy" and isinstance(record.get("soft_accuracy"), (int, float)):

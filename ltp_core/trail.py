@@ -98,6 +98,22 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def _finite_or_none(value: Any) -> Any:
+    """`value` with every non-finite float (in dicts and lists, at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def format_compression(compression: float | None) -> str:
+    """'12.34x', or 'all pruned' for a record whose weights are all zero (compression None)."""
+    return "all pruned" if compression is None else f"{compression:.2f}x"
+
+
 class Trail:
     """Records of a pruning run, in order.
 
@@ -106,9 +122,10 @@ class Trail:
             go. None keeps the trail in memory only.
 
     Each record is a dict with at least `step`, `epoch`, `sparsity` (total, fraction of
-    prunable weights that are zero), `compression`, `soft_accuracy`, `hard_accuracy`,
-    `flops`, `layer_sparsity` ({layer: fraction}) and `checkpoint` (path or None).
-    Accuracies are fractions in [0, 1] (or None when not measured).
+    prunable weights that are zero), `compression` (prunable / surviving weights; None when
+    none survive), `soft_accuracy`, `hard_accuracy`, `flops`, `layer_sparsity` ({layer:
+    fraction}) and `checkpoint` (path or None). Accuracies are fractions in [0, 1] (or None
+    when not measured). `trail.json` is standard JSON: a non-finite number is written as null.
     """
 
     REQUIRED = ("step", "epoch", "sparsity")
@@ -136,7 +153,7 @@ class Trail:
             raise ValueError(f"sparsity must be a fraction in [0, 1], got {sparsity}")
         entry: dict[str, Any] = {
             "step": int(step), "epoch": float(epoch), "sparsity": float(sparsity),
-            "compression": (math.inf if sparsity >= 1.0 else 1.0 / (1.0 - sparsity)),
+            "compression": None if sparsity >= 1.0 else 1.0 / (1.0 - sparsity),
             "soft_accuracy": soft_accuracy, "hard_accuracy": hard_accuracy,
             "flops": None if flops is None else int(flops),
             "layer_sparsity": dict(layer_sparsity or {}), "checkpoint": None, **extra,
@@ -177,7 +194,9 @@ class Trail:
 
     # -- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"records": self.records}, indent=1, default=float)
+        # NaN and Infinity are not JSON (jq, JavaScript and pandas' strict readers refuse them).
+        return json.dumps(_finite_or_none({"records": self.records}), indent=1, allow_nan=False,
+                          default=lambda number: _finite_or_none(float(number)))  # tensors, numpy scalars
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the trail as JSON (atomically) to `path` or `<directory>/trail.json`."""

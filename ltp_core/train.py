@@ -60,7 +60,7 @@ from .models import PROJECT_MODELS, get_model
 from .pretrained import first_line, load_pretrained
 from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
 from .pruner import LTP, prunable_layers
-from .trail import Trail, atomic_save, atomic_write_bytes
+from .trail import Trail, atomic_save, atomic_write_bytes, format_compression
 
 __all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
 
@@ -515,7 +515,7 @@ class _Run:
             parts.append(f"loss {entry['train_loss']:.4f}")
         parts += [f"top1 {entry['top1']:.4f}", f"hard {entry['hard_top1']:.4f}", f"top5 {entry['top5']:.4f}"]
         if "sparsity" in entry:
-            parts.append(f"sparsity {entry['sparsity']:.4f} ({entry['compression']:.2f}x)")
+            parts.append(f"sparsity {entry['sparsity']:.4f} ({format_compression(entry['compression'])})")
         if entry.get("img_per_s"):
             parts.append(f"{entry['img_per_s']:.0f} img/s")
         return "  ".join(parts)

@@ -132,3 +132,20 @@ def test_every_profile_sets_only_parameters_the_notebooks_declare(profile):
     runs = _resolve_runs(profile, None, {}, NOTEBOOKS)
     assert list(runs) == list(find_notebooks(NOTEBOOKS)) and len(runs) == 8
     assert all(isinstance(path, Path) for path, _ in runs.values())
+
+
+def test_a_claim_on_nan_or_a_tensor_fails_or_holds_and_never_raises(tmp_path):
+    import numpy as np
+    import torch
+
+    from ltp_core.notebook import Claims
+
+    claims = Claims()
+    assert claims.check("accuracy above chance", float("nan"), ">=", 0.5) is False
+    assert claims.check("tensor sparsity", torch.tensor(0.93), ">=", 0.9) is True
+    assert claims.check("numpy gap", np.float64(0.02), "<=", torch.tensor(0.01)) is False
+    assert [c["value"] for c in claims.items][0] == "nan"
+    with pytest.raises(AssertionError, match="2 claim"):
+        claims.write_metrics({"loss": float("inf")}, tmp_path, "nb")
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["metrics"]["loss"] == "inf"
