@@ -9,18 +9,26 @@
 
 The sparse file is written with `torch.save` and holds only plain containers (a dict, a list,
 str, int) and tensors, so `torch.load(path, weights_only=True)` reads it and nothing is
-unpickled but data. Each tensor is stored in whichever encoding is smallest:
+unpickled but data. It takes every dtype `torch.save` does (floats and float8, signed and
+unsigned integers, bool, complex, quantized, raw bits); `save_sparse` refuses the others
+(torch's sub-byte int1..int7 / uint1..uint7) before it writes anything. Each tensor is stored
+in whichever encoding is smallest:
 
-- `dense`: the tensor as is (biases, batch-norm statistics, integer buffers, dense layers);
+- `dense`: the tensor as is (biases, batch-norm statistics, integer buffers, dense layers;
+  always for bool, complex, quantized and sparse-layout tensors);
 - `bitmask`: one bit per element (set = stored) plus the stored values, n/8 + nnz * itemsize
   bytes: at 90% sparsity a float32 weight takes 13% of its dense size;
 - `indices`: the flat positions (int32, or int64 past 2**31 elements) plus the values,
   nnz * (4 + itemsize) bytes: smaller than the bitmask above ~97% sparsity (float32).
 
-`load_sparse` returns tensors equal to the saved ones (`torch.equal`), in the saved key order,
-contiguous, on the CPU. The one bit it does not keep is the sign of a zero: a hard-pruned
-weight w * 0 is -0.0 for negative w, and comes back as +0.0 (equal under ==, and it makes no
-difference to any output but the sign of an exactly zero one).
+The two sparse encodings leave out the elements whose bits are all zero, and -0.0. They work on
+each element's bits (through a same-width signed integer view), so that uint16/32/64, float8 and
+raw-bits dtypes, whose values torch cannot compare or scatter, round-trip too.
+
+`load_sparse` returns tensors equal to the saved ones bit for bit, in the saved key order, on the
+CPU, contiguous (COO/CSR tensors in their layout). The one bit it does not keep is the sign of a
+zero: a hard-pruned weight w * 0 is -0.0 for negative w, and comes back as +0.0 (equal under ==,
+and it makes no difference to any output but the sign of an exactly zero one).
 
 Sparse inference: torch has no sparse convolution, but its CSR matrix product (MKL on x86
 CPUs, cuSPARSE on GPUs) beats a dense Linear when the weight is large and very sparse.
@@ -31,9 +39,12 @@ layers get slower. `compare_inference` measures it for your model; do not assume
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import io
 import math
 import os
+import pickle
 import statistics
 import tempfile
 import time
@@ -59,6 +70,12 @@ ENCODINGS = ("dense", "bitmask", "indices")
 # torch.save puts every tensor's storage in its own record of the zip archive (name, header,
 # 64-byte alignment); an extra tensor is worth encoding only if it saves more than this.
 _RECORD_OVERHEAD = 256
+# Same-width signed integers by element size (bytes). The sparse encodings read, compare and
+# scatter each element's bits through such a view: torch implements those ops for every signed
+# integer dtype, but not for uint16/32/64 (index_put, and on older torch comparisons and
+# nonzero), float8_e8m0fnu or bits8, and a bit pattern round-trips exactly where a value may not.
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_QUANTIZED = {getattr(torch, n) for n in ("qint8", "quint8", "qint32", "quint4x2", "quint2x4") if hasattr(torch, n)}
 
 
 class SparseFormatError(ValueError):
@@ -112,16 +129,82 @@ def _unpack_bits(packed: Tensor, n: int) -> Tensor:
     return bits.view(-1)[:n].bool()
 
 
+@functools.cache
+def _bit_view(dtype: torch.dtype) -> torch.dtype | None:
+    """The signed integer dtype the sparse encodings view `dtype`'s elements as, or None for
+    the dtypes that are always stored dense (bool, complex, quantized)."""
+    if dtype == torch.bool or dtype.is_complex or dtype in _QUANTIZED:
+        return None
+    return _BITS.get(dtype.itemsize)
+
+
+@functools.cache
+def _negative_zero(dtype: torch.dtype) -> int | None:
+    """-0.0's bits in `dtype` (read as its `_bit_view`), or None where it has none: integers,
+    the fnuz and e8m0 float8 formats, float4_e2m1fn_x2 (no conversion kernel; kept bit for bit)."""
+    if not dtype.is_floating_point:
+        return None
+    try:
+        bits = int(torch.tensor([-0.0]).to(dtype).view(_BITS[dtype.itemsize]))
+    except (RuntimeError, NotImplementedError):
+        return None
+    return bits or None
+
+
+@functools.cache
+def _storable(dtype: torch.dtype) -> bool:
+    """Whether torch.save writes a `dtype` tensor that torch.load(weights_only=True) reads back."""
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():  # "ComplexHalf support is experimental" and the like
+            warnings.simplefilter("ignore")
+            empty = torch.empty(0, dtype=dtype)
+        torch.save(empty, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except (KeyError, RuntimeError, NotImplementedError, pickle.UnpicklingError):
+        return False  # e.g. KeyError "dtype torch.int4 is not recognized"
+    return True
+
+
+def _storable_dtypes() -> list[str]:
+    """The names of the dtypes save_sparse stores, for error messages."""
+    dtypes = {d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+    return sorted(str(d).removeprefix("torch.") for d in dtypes if d in _QUANTIZED or _storable(d))
+
+
+def _check_storable(name: str, t: Tensor) -> None:
+    # a quantized tensor carries its quantizer: an empty one made from the dtype alone is no test
+    if t.dtype not in _QUANTIZED and not _storable(t.dtype):
+        raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which torch.save cannot store; save_sparse "
+                        f"stores {', '.join(_storable_dtypes())}")
+
+
+def _copy(t: Tensor) -> Tensor:
+    """`t`'s elements in a contiguous tensor of their own (torch.save writes a view's whole storage)."""
+    if t.layout != torch.strided:  # COO / CSR: torch.save keeps the layout
+        return t.clone()
+    if t.is_quantized:  # quint4x2 / quint2x4 have no copy kernel, so no clone of a contiguous one
+        return t.contiguous()
+    bits = _BITS.get(t.element_size())
+    if bits is None:  # complex128
+        return t.clone(memory_format=torch.contiguous_format)
+    # through the bit view: bits8, float4_e2m1fn_x2 and the like have no copy kernel of their own
+    return t.view(bits).clone(memory_format=torch.contiguous_format).view(t.dtype)
 
 
 def _encode(name: str, tensor: Tensor) -> dict[str, Any]:
     t = tensor.detach().cpu()
     entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     n = t.numel()
-    if t.dtype == torch.bool or t.is_complex() or t.is_quantized or n == 0 or t.layout != torch.strided:
-        return {**entry, "encoding": "dense", "data": t.clone().contiguous()}
-    flat = t.reshape(-1)
+    view = None if t.layout != torch.strided else _bit_view(t.dtype)
+    if view is None or n == 0:
+        return {**entry, "encoding": "dense", "data": _copy(t)}
+    flat = t.view(view).reshape(-1)
     keep = flat != 0
+    negative_zero = _negative_zero(t.dtype)
+    if negative_zero is not None:  # -0.0 is a zero too, left out (it comes back as +0.0)
+        keep &= flat != negative_zero
     nnz = int(keep.sum())
     item = t.element_size()
     index_size = 4 if n < 2**31 else 8
@@ -130,8 +213,8 @@ def _encode(name: str, tensor: Tensor) -> dict[str, Any]:
              "indices": nnz * (index_size + item) + _RECORD_OVERHEAD}
     encoding = min(ENCODINGS, key=lambda e: (costs[e], ENCODINGS.index(e)))
     if encoding == "dense":
-        return {**entry, "encoding": "dense", "data": t.clone().contiguous()}
-    values = flat[keep].clone()
+        return {**entry, "encoding": "dense", "data": _copy(t)}
+    values = flat[keep].view(t.dtype)
     if encoding == "bitmask":
         return {**entry, "encoding": "bitmask", "mask": _pack_bits(keep), "values": values}
     index_dtype = torch.int32 if index_size == 4 else torch.int64
@@ -141,8 +224,11 @@ def _encode(name: str, tensor: Tensor) -> dict[str, Any]:
 def save_sparse(source: Any, path: str | os.PathLike) -> Path:
     """Write `source`'s deployable state_dict (see `plain_state_dict`) to `path` in the
     ltp-sparse format (see the module docstring), atomically: a temporary file in the same
-    folder renamed into place, so an existing file survives a crash. Returns the path."""
+    folder renamed into place, so an existing file survives a crash. Returns the path.
+    Raises TypeError, naming the tensor, for a dtype torch.save cannot store (torch.int4 ...)."""
     state = plain_state_dict(source)
+    for name, value in state.items():  # before anything is written: a file that cannot be read back
+        _check_storable(name, value)
     payload = {"format": SPARSE_FORMAT, "version": SPARSE_VERSION,
                "tensors": [_encode(name, value) for name, value in state.items()]}
     path = Path(path)
@@ -176,6 +262,9 @@ def _decode(path: Path, entry: Any) -> tuple[str, Tensor]:
         if not torch.is_tensor(data) or data.dtype != dtype or list(data.shape) != shape:
             raise _bad(path, f"tensor {name!r}: its data does not match dtype {dtype} and shape {shape}")
         return name, data
+    view = _bit_view(dtype)
+    if view is None:
+        raise _bad(path, f"tensor {name!r}: its dtype {dtype} is stored dense, not as {encoding}")
     values = entry.get("values")
     if not torch.is_tensor(values) or values.dtype != dtype or values.dim() != 1:
         raise _bad(path, f"tensor {name!r}: its values are not a 1-d {dtype} tensor")
@@ -187,8 +276,8 @@ def _decode(path: Path, entry: Any) -> tuple[str, Tensor]:
         if int(keep.sum()) != values.numel():
             raise _bad(path, f"tensor {name!r}: the bitmask marks {int(keep.sum())} elements, "
                              f"the file has {values.numel()} values")
-        flat = torch.zeros(n, dtype=dtype)
-        flat[keep] = values
+        flat = torch.zeros(n, dtype=view)
+        flat[keep] = values.view(view)
     else:
         index = entry.get("indices")
         if (not torch.is_tensor(index) or index.dtype not in (torch.int32, torch.int64) or index.dim() != 1
@@ -199,11 +288,12 @@ def _decode(path: Path, entry: Any) -> tuple[str, Tensor]:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n or not increasing):
             raise _bad(path, f"tensor {name!r}: its indices are not increasing positions in [0, {n})")
         try:
-            flat = torch.zeros(n, dtype=dtype)
+            flat = torch.zeros(n, dtype=view)
         except RuntimeError:  # a shape no memory holds: not what save_sparse wrote
             raise _bad(path, f"tensor {name!r}: its shape {shape} ({n} elements) cannot be allocated") from None
-        flat[index] = values
-    return name, flat.view(shape)
+        flat[index] = values.view(view)
+    # the left-out elements are all-zero bits: +0 in every dtype that has a zero
+    return name, flat.view(dtype).view(shape)
 
 
 def _payload(path: Path) -> dict[str, Any]:
@@ -248,12 +338,12 @@ def _tensors(path: Path, payload: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state_dict a `save_sparse` file holds: every tensor equal to the saved one
-    (`torch.equal`; zeros come back as +0.0), in the saved order, contiguous, on the CPU
-    (move it with `model.to(...)` after loading). Read with `torch.load(weights_only=True)`
-    after the archive's checksums are verified. Raises FileNotFoundError for a missing file
-    and SparseFormatError (a ValueError) for anything else that is not a complete,
-    undamaged ltp-sparse file."""
+    """The state_dict a `save_sparse` file holds: every tensor equal to the saved one bit for
+    bit (but -0.0, which comes back as +0.0), in the saved order, contiguous (COO/CSR tensors
+    in their layout), on the CPU (move it with `model.to(...)` after loading). Read with
+    `torch.load(weights_only=True)` after the archive's checksums are verified. Raises
+    FileNotFoundError for a missing file and SparseFormatError (a ValueError) for anything else
+    that is not a complete, undamaged ltp-sparse file."""
     path = Path(path)
     return _tensors(path, _payload(path))
 
@@ -353,25 +443,61 @@ def onnx_forward(path: str | os.PathLike, x: Tensor) -> Tensor:
 
 # -- sparse inference ------------------------------------------------------------------------
 
+def _to_csr(weight: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return weight.detach().to_sparse_csr()
+
+
 class SparseLinear(nn.Module):
     """Inference-only stand-in for an `nn.Linear` whose weight is stored as a sparse CSR
     matrix: y = x W^T + b computed as (W x^T)^T with torch's sparse-dense product (addmm).
-    The same function as the Linear it replaces, up to float summation order."""
+    The same function as the Linear it replaces, up to float summation order.
+
+    Its state_dict is the Linear's: `weight` dense (out_features, in_features), `bias`
+    (out_features,). So it saves and loads like the plain model (`torch.load(weights_only=True)`
+    reads it, a plain model loads it strictly), and loading converts the weight to CSR again,
+    whatever the nonzeros of the weight it replaces."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-            self.register_buffer("weight", linear.weight.detach().to_sparse_csr())
+        # not persistent: _save_to_state_dict / _load_from_state_dict carry it densely, since
+        # copy_ into a CSR tensor needs the same nonzero count and a plain Linear needs it dense
+        self.register_buffer("weight", _to_csr(linear.weight), persistent=False)
         bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone().unsqueeze(1))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features).t()
-        y = torch.addmm(self.bias, self.weight, rows) if self.bias is not None else self.weight @ rows
+        y = torch.addmm(self.bias.unsqueeze(1), self.weight, rows) if self.bias is not None else self.weight @ rows
         return y.t().reshape(*x.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight.to_dense()  # first, in nn.Linear's key order
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # the bias
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)  # the bias; it counts the weight as unexpected
+        key = prefix + "weight"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+            return
+        weight, shape = state_dict[key], (self.out_features, self.in_features)
+        if not torch.is_tensor(weight) or tuple(weight.shape) != shape:
+            got = tuple(weight.shape) if torch.is_tensor(weight) else type(weight).__name__
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {got} from checkpoint, "
+                              f"the shape in current model is {shape}.")
+            return
+        weight = weight.detach().to_dense() if weight.layout != torch.strided else weight.detach()
+        self.weight = _to_csr(weight.to(device=self.weight.device, dtype=self.weight.dtype))
 
     @property
     def density(self) -> float:
@@ -385,9 +511,10 @@ def to_sparse_inference(model: nn.Module, min_sparsity: float = 0.9, *, inplace:
     """A copy of the plain `model` (or `model` itself with `inplace=True`) in which every
     float32/float64 `nn.Linear` with at least `min_sparsity` of its weights exactly zero is a
     `SparseLinear` (CSR). Convolutions stay dense: torch has no sparse convolution kernel.
-    For inference only (no gradients, not saveable with weights_only; deploy with
-    `save_sparse`). Whether it is faster depends on size, sparsity and batch: measure it
-    with `compare_inference`."""
+    For inference only (no gradients). Its state_dict is the plain model's (dense weights): save
+    it with torch.save or `save_sparse`, and load it into the plain model (then convert), or
+    into one converted alike (see `SparseLinear`). Whether it is faster depends on size,
+    sparsity and batch: measure it with `compare_inference`."""
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be a fraction in [0, 1], got {min_sparsity!r}")
     _refuse_parametrized(model, "to_sparse_inference")

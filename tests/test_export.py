@@ -130,6 +130,122 @@ def test_every_dtype_and_odd_layouts(tmp_path, dtype):
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v), k
 
 
+# Every dtype torch.save stores (those this torch has): the sparse encodings work on the bits,
+# so unsigned, float8 and raw-bits dtypes, whose values torch cannot compare or scatter, round-trip.
+ALL_DTYPES = ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+              "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "int8", "int16", "int32", "int64", "uint8",
+              "uint16", "uint32", "uint64", "bool", "complex32", "complex64", "complex128", "bits8", "bits16"]
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _random(dtype: torch.dtype, shape: tuple[int, ...], density: float, g: torch.Generator) -> torch.Tensor:
+    """Random bit patterns of `dtype`, each element nonzero with probability `density`; never
+    -0.0's pattern (the sign bit alone), whose sign the file does not keep."""
+    keep = torch.rand(shape, generator=g) < density
+    if dtype == torch.bool:
+        return keep
+    if dtype.itemsize not in _INT_OF_SIZE:  # complex128
+        return torch.randn(shape, dtype=dtype, generator=g) * keep
+    view = _INT_OF_SIZE[dtype.itemsize]
+    raw = torch.randint(0, 256, (*shape[:-1], shape[-1] * dtype.itemsize), dtype=torch.uint8, generator=g)
+    bits = raw.view(view).masked_fill(raw.view(view) == torch.iinfo(view).min, 1)
+    return bits.masked_fill(~keep, 0).view(dtype)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(_INT_OF_SIZE[t.element_size()]) if t.element_size() in _INT_OF_SIZE else t
+
+
+@pytest.mark.parametrize("name", ALL_DTYPES)
+def test_every_dtype_torch_saves_round_trips_bit_for_bit(tmp_path, name):
+    dtype = getattr(torch, name, None)
+    if dtype is None:
+        pytest.skip(f"this torch has no {name}")
+    g = torch.Generator().manual_seed(0)
+    sparse = _random(dtype, (40, 50), 0.01, g)
+    state = {"sparse": sparse, "half": _random(dtype, (64, 64), 0.5, g), "dense": _random(dtype, (7, 3), 1.0, g),
+             "transposed": sparse.t(), "empty": _random(dtype, (0, 4), 1.0, g)}
+    save_sparse(state, tmp_path / "x.ltps")
+    back = load_sparse(tmp_path / "x.ltps")
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == dtype and back[k].shape == v.shape and back[k].is_contiguous(), k
+        assert torch.equal(_bits(back[k]), _bits(v)), k
+    encodings = {r["name"]: r["encoding"] for r in sparse_summary(tmp_path / "x.ltps")}
+    stored_dense = dtype == torch.bool or dtype.is_complex
+    assert encodings["sparse"] == ("dense" if stored_dense else "indices")
+    assert encodings["half"] == ("dense" if stored_dense else "bitmask")
+
+
+def test_negative_zero_comes_back_as_zero_but_fnuz_nan_stays(tmp_path):
+    # 0x80 is -0.0 in float8_e4m3fn (left out, back as +0.0), and NaN in the fnuz formats (kept)
+    raw = torch.zeros(1000, dtype=torch.uint8).index_fill_(0, torch.arange(0, 1000, 100), 0x80)
+    raw[7] = 0x3C
+    state = {"fn": raw.view(torch.float8_e4m3fn), "fnuz": raw.view(torch.float8_e4m3fnuz),
+             "f32": raw.to(torch.float32).neg() * 0}  # -0.0 and +0.0 in float32
+    save_sparse(state, tmp_path / "z.ltps")
+    back = load_sparse(tmp_path / "z.ltps")
+    only_the_value = torch.zeros(1000, dtype=torch.uint8).index_fill_(0, torch.tensor([7]), 0x3C)
+    assert torch.equal(back["fn"].view(torch.uint8), only_the_value)
+    assert torch.equal(back["fnuz"].view(torch.uint8), raw)
+    assert back["f32"].view(torch.int32).eq(0).all()
+    rows = {r["name"]: r for r in sparse_summary(tmp_path / "z.ltps")}
+    assert (rows["fn"]["stored"], rows["fnuz"]["stored"], rows["f32"]["encoding"]) == (1, 11, "indices")
+
+
+def test_quantized_and_sparse_layout_tensors_are_stored_dense(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    scales, zero_points = torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0, 1, 2, 3])
+    state = {"q": torch.quantize_per_tensor(torch.randn(6, 4, generator=g), 0.1, 3, torch.qint8).t(),
+             "q_channel": torch.quantize_per_channel(torch.randn(4, 3, generator=g), scales, zero_points, 0,
+                                                     torch.quint8),
+             "q4": torch.quantize_per_tensor(torch.tensor([0.0, 1.0, 2.0, 0.5] * 4), 0.5, 1, torch.quint4x2),
+             "coo": torch.eye(3).to_sparse(), "csr": torch.eye(4, dtype=torch.float64).to_sparse_csr()}
+    save_sparse(state, tmp_path / "q.ltps")
+    back = load_sparse(tmp_path / "q.ltps")
+    for k in ("q", "q_channel", "q4"):
+        assert back[k].dtype == state[k].dtype and back[k].qscheme() == state[k].qscheme(), k
+        assert torch.equal(back[k].int_repr(), state[k].int_repr()) and back[k].is_contiguous(), k
+        assert torch.equal(back[k].dequantize(), state[k].dequantize()), k
+    for k in ("coo", "csr"):
+        assert back[k].layout == state[k].layout and torch.equal(back[k].to_dense(), state[k].to_dense()), k
+    assert {r["encoding"] for r in sparse_summary(tmp_path / "q.ltps")} == {"dense"}
+
+
+def test_a_dtype_torch_save_cannot_store_is_refused_before_writing(tmp_path):
+    int4 = getattr(torch, "int4", None)
+    if int4 is None:
+        pytest.skip("this torch has no int4")
+    with pytest.raises(TypeError, match=r"tensor 'packed' has dtype torch.int4, which torch.save cannot store; "
+                                        r"save_sparse stores .*float32.*uint16"):
+        save_sparse({"bias": torch.zeros(3), "packed": torch.empty(4, dtype=int4)}, tmp_path / "x.ltps")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_of_the_first_writer_still_load(tmp_path):
+    # payloads as version 1 wrote them: values in the tensor's dtype, bitmask bytes, int32 indices
+    # (the uint16 one it wrote, but could not read back: no index_put for uint16)
+    w = torch.tensor([[0.0, 1.5, 0.0], [0.0, 0.0, -2.0]])
+    u = torch.zeros(40, dtype=torch.int16).index_fill_(0, torch.tensor([3]), -1).index_fill_(0, torch.tensor([39]), 7)
+    u = u.view(torch.uint16)  # 65535 at 3, 7 at 39 (built as int16: no index_put for uint16)
+    tensors = [{"name": "w", "shape": [2, 3], "dtype": "float32", "encoding": "bitmask",
+                "mask": torch.tensor([0b100010], dtype=torch.uint8), "values": torch.tensor([1.5, -2.0])},
+               {"name": "u", "shape": [40], "dtype": "uint16", "encoding": "indices",
+                "indices": torch.tensor([3, 39], dtype=torch.int32),
+                "values": torch.tensor([-1, 7], dtype=torch.int16).view(torch.uint16)},
+               {"name": "n", "shape": [], "dtype": "int64", "encoding": "dense", "data": torch.tensor(17)}]
+    torch.save({"format": "ltp-sparse", "version": 1, "tensors": tensors}, tmp_path / "v1.ltps")
+    back = load_sparse(tmp_path / "v1.ltps")
+    assert torch.equal(back["w"], w) and torch.equal(back["u"].view(torch.int16), u.view(torch.int16))
+    assert back["u"].dtype == torch.uint16 and torch.equal(back["n"], torch.tensor(17))
+    # a sparse encoding of a dtype that is only ever stored dense is a damaged file
+    tensors[2] = {"name": "b", "shape": [3], "dtype": "bool", "encoding": "indices",
+                  "indices": torch.tensor([1], dtype=torch.int32), "values": torch.tensor([True])}
+    torch.save({"format": "ltp-sparse", "version": 1, "tensors": tensors}, tmp_path / "bad.ltps")
+    with pytest.raises(SparseFormatError, match="tensor 'b': its dtype torch.bool is stored dense, not as indices"):
+        load_sparse(tmp_path / "bad.ltps")
+
+
 def test_file_size_follows_the_nonzero_count(tmp_path):
     sizes = {}
     for sparsity in (0.0, 0.5, 0.9, 0.99):
@@ -279,6 +395,46 @@ def test_csr_linear_layers_give_the_same_outputs():
     stats = compare_inference(model, sparse, x.view(-1, 64), repeats=3, warmup=1)
     assert set(stats) == {"dense_s", "sparse_s", "speedup", "max_abs_diff"} and stats["max_abs_diff"] < 1e-5
     assert to_sparse_inference(model, inplace=True) is model and type(model[0]) is SparseLinear
+
+
+def test_sparse_inference_state_dict_saves_and_loads(tmp_path):
+    def net(seed: int) -> nn.Sequential:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32, bias=False), nn.ReLU(),
+                             nn.Linear(32, 4))
+
+    model = net(0)
+    _pruned(model, 0.9).finalize()
+    sparse = to_sparse_inference(model, min_sparsity=0.0)  # every Linear a SparseLinear, bias or not
+    state = sparse.state_dict()
+    # nn.Linear's keys in its order, and the plain model's tensors (dense, same shapes)
+    assert list(state) == list(net(1).state_dict())
+    _assert_equal_states(state, {k: model.state_dict()[k] for k in state})
+    torch.save(state, tmp_path / "sparse.pt")
+    loaded = torch.load(tmp_path / "sparse.pt", weights_only=True)
+    x = torch.randn(7, 64)
+    # into a fresh model converted the same way: CSR rebuilt from the loaded weights
+    fresh = to_sparse_inference(net(1), min_sparsity=0.0)
+    assert fresh[0].density > 0.9
+    fresh.load_state_dict(loaded)
+    assert fresh[0].density == sparse[0].density and fresh[0].weight.layout == torch.sparse_csr
+    with torch.no_grad():
+        assert torch.equal(fresh(x), sparse(x))
+    # into the plain architecture (strict), converted afterwards: the same layers again
+    plain = net(2)
+    plain.load_state_dict(loaded)
+    again = to_sparse_inference(plain, min_sparsity=0.0)
+    with torch.no_grad():
+        assert torch.equal(again(x), sparse(x))
+    # the compact file takes it too
+    _assert_equal_states(load_sparse(save_sparse(sparse, tmp_path / "s.ltps")), state)
+    # load_state_dict's usual errors
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"0.weight\""):
+        fresh.load_state_dict({k: v for k, v in loaded.items() if k != "0.weight"})
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight"):
+        fresh.load_state_dict({**loaded, "0.weight": torch.zeros(3, 3)})
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"0.extra\""):
+        fresh.load_state_dict({**loaded, "0.extra": torch.zeros(1)})
 
 
 def test_sparse_inference_refuses_bad_input():
