@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record, state = pick_checkpoint(args.output_dir, accuracy_key=args.key, **rule)
             if args.sparse:
-                from .export import save_sparse
+                from .sparse_file import save_sparse
 
                 save_sparse(state, args.out)
             else:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ltp_core.export import load_sparse
+from ltp_core.sparse_file import load_sparse
 from ltp_core.models import mlp
 from ltp_core.pick import main, pick_checkpoint, pick_record
 from ltp_core.trail import Trail
