@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader", "DataError", "ImageDatasets", "DATASETS",
            "build_datasets", "imagenet_folder", "imagenet_transforms", "cifar10_folder", "SyntheticImages",
-           "synthetic_images", "digits_images"]
+           "synthetic_images", "digits_images", "image_sizes"]
 
 
 @dataclass
@@ -335,6 +335,21 @@ def build_datasets(name: str, path: str | os.PathLike | None = None, *, train_cr
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {sorted(builders)}")
     return builders[name]()
 
+
+
+def image_sizes(name: str, *, train_crop_size: int = 224, val_crop_size: int = 224) -> tuple[int, int]:
+    """(training, validation) image side in pixels of what `build_datasets` gives for dataset
+    `name` with these settings, known without reading any file: imagenet the two crops (a
+    --val-resize-size below the crop is padded up to it), synthetic `train_crop_size` for
+    both, cifar10 32, digits 8."""
+    fixed = {"cifar10": 32, "digits": 8}
+    if name in fixed:
+        return fixed[name], fixed[name]
+    if name == "synthetic":
+        return train_crop_size, train_crop_size
+    if name == "imagenet":
+        return train_crop_size, val_crop_size
+    raise ValueError(f"unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}")
 
 
 def _need_path(name: str, path) -> Path:

@@ -11,7 +11,10 @@ Every method has one shape (LTP is the model for it):
 plus `param_groups(weight_decay=0., **opts)`, `hard_masks()` and `hard_state_dict()`.
 Every entry accepts `total_steps=` (the run's optimizer steps; schedules need it) and
 `example_input=` (a batch, e.g. one sample, for FLOPs; DSA needs it), ignoring them when
-unused, so an engine can always pass both. Build the method before the optimizer (from
+unused, so an engine can always pass both. A method whose options count optimizer steps
+(a schedule's start, end or length) names them in its class's `STEP_OPTIONS`: ltp-train can
+rescale a schedule built from `total_steps` when a run is resumed with another number of steps
+per epoch, not one given in steps. Build the method before the optimizer (from
 `param_groups`) and before wrapping the model (DDP, torch.compile): the structured methods
 need the plain nn.Sequential and L1-filter changes it at construction.
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from torch import nn
 
 __all__ = ["mlp", "small_cnn", "CifarResNet", "cifar_resnet", "resnet20", "resnet32", "resnet44", "resnet56",
-           "resnet110", "get_model", "model_names", "torchvision_models"]
+           "resnet110", "get_model", "model_names", "torchvision_models", "MIN_INPUT_SIZES", "min_input_size",
+           "check_input_size"]
 
 
 def mlp(in_features: int = 64, hidden: Sequence[int] = (256, 128), num_classes: int = 10,
@@ -182,6 +183,64 @@ PROJECT_MODELS = {
 TIMM_MODELS = ("mixnet_s", "mixnet_m", "mixnet_l", "mixnet_xl")
 
 
+# -- input sizes ---------------------------------------------------------------------------
+#
+# Below these sizes a model's strided layers shrink the image below a kernel or pooling
+# window and its forward fails deep inside with a shape error. Measured with torchvision 0.29:
+# forwards of a (2, 3, s, s) batch in eval and train mode for every s up to the first that
+# works, with spot checks above it (on the meta device; CPU agrees, checked for each family;
+# tests/test_train.py re-measures the table). Models not listed (ResNets, MobileNets,
+# EfficientNets, RegNets, ShuffleNets, MNASNets, the project's models, timm's MixNets) run on
+# any size: their convolutions are padded and their pooling is global.
+MIN_INPUT_SIZES: dict[str, int] = {
+    "alexnet": 63, "googlenet": 15, "inception_v3": 75, "squeezenet1_0": 21, "squeezenet1_1": 17,
+    **{f"convnext_{v}": 32 for v in ("tiny", "small", "base", "large")},
+    **{f"densenet{d}": 29 for d in (121, 161, 169, 201)},
+    **{f"swin_{v}": 4 for v in ("t", "s", "b", "v2_t", "v2_s", "v2_b")},
+    **{f"vgg{d}{bn}": 32 for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+}
+# In training mode Inception v3's auxiliary classifier (aux_logits=True, torchvision's
+# default) pools a 17x17 map with a 5x5 window at stride 3: it needs the full 299x299 input.
+_MIN_TRAIN_SIZES_WITH_AUX = {"inception_v3": 299}
+# A ViT is built for one image size (get_model passes image_size), a multiple of its patch.
+_VIT_PATCHES = {"vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14}
+# MaxViT is built for 224x224 (its 7x7 attention windows tile that size at every stage).
+_FIXED_SIZES = {"maxvit_t": 224}
+
+
+def min_input_size(name: str, *, train: bool = False, aux_logits: bool = True) -> int:
+    """The smallest image side (pixels) model `name` runs on, in training mode when `train`
+    (Inception v3's auxiliary classifier needs more, unless built with `aux_logits=False`);
+    1 for the models that take any size. See MIN_INPUT_SIZES."""
+    if train and aux_logits and name in _MIN_TRAIN_SIZES_WITH_AUX:
+        return _MIN_TRAIN_SIZES_WITH_AUX[name]
+    return _VIT_PATCHES.get(name) or _FIXED_SIZES.get(name) or MIN_INPUT_SIZES.get(name, 1)
+
+
+def check_input_size(name: str, size: int, *, train: bool = False, image_size: int | None = None,
+                     aux_logits: bool = True) -> None:
+    """Raise ValueError, naming the model, `size` and what is allowed, when model `name` (a
+    ViT built for `image_size`; Inception v3 with or without `aux_logits`) cannot run on
+    size x size images (in training mode when `train`), which would otherwise fail deep
+    inside its forward."""
+    got = f"got {size}x{size}"
+    if name in _FIXED_SIZES and size != _FIXED_SIZES[name]:
+        fixed = _FIXED_SIZES[name]
+        raise ValueError(f"{name} takes {fixed}x{fixed} images only (it is built for that size), {got}")
+    if name in _VIT_PATCHES:
+        patch = _VIT_PATCHES[name]
+        if size % patch:
+            raise ValueError(f"{name} needs an image side that is a multiple of its {patch}-pixel patches, {got}")
+        if image_size is not None and size != image_size:
+            raise ValueError(f"{name} is built for one image size, {image_size}x{image_size} here, {got}")
+    least = min_input_size(name, train=train, aux_logits=aux_logits)
+    if size < least:
+        plain = min_input_size(name)
+        why = "" if least == plain else \
+            f" in training (its auxiliary classifier; {plain}x{plain} with aux_logits=False)"
+        raise ValueError(f"{name} needs images of at least {least}x{least}{why}, {got}")
+
+
 def torchvision_models() -> list[str]:
     """The classification models torchvision builds by name (detection, segmentation, video
     and quantized models excluded)."""
@@ -204,12 +263,15 @@ def get_model(name: str, num_classes: int, *, in_channels: int = 3, image_size: 
     (`torchvision.models.get_model(name, weights=None, num_classes=...)`; nothing is
     downloaded) or timm's MixNets (`mixnet_s`, ...; needs `pip install timm`). `in_channels`
     and `image_size` describe the input for the project's models and torchvision's ViTs (other
-    torchvision and timm models take 3-channel images of any reasonable size). `options` go to the model's constructor
+    torchvision and timm models take 3-channel images of any size from `min_input_size(name)`).
+    `options` go to the model's constructor
     (e.g. `shortcut="B"` for the CIFAR ResNets, `dropout=0.3` for torchvision's EfficientNets).
-    Raises ValueError for an unknown name, naming the close matches.
+    Raises ValueError for an unknown name, naming the close matches, and for an `image_size`
+    the model cannot run on (`check_input_size`, eval mode).
     """
     if not (isinstance(num_classes, int) and num_classes > 0):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    check_input_size(name, image_size)
     if name in PROJECT_MODELS:
         return PROJECT_MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                     **options)

@@ -26,7 +26,10 @@ Python). One run:
    restores all of it, so the continued run is the run that was interrupted. It refuses to
    change a setting those states carry (optimizer, learning rate and schedule, method options;
    `--epochs` too where a schedule is built for the run's length), which the checkpoint would
-   otherwise override without a word, and to write into a folder holding another run.
+   otherwise override without a word, and to write into a folder holding another run. Another
+   --batch-size or number of processes (so another number of steps per epoch) is allowed: the
+   learning rate steps per epoch and the methods' schedules continue at the epoch reached
+   (`_Run.schedule_step`), unless a method option counts optimizer steps (then it is refused).
 
 Exit status: 0 done, 1 the loss diverged or a process failed, 2 a usage error (one line on
 stderr; LTP_TRACEBACK=1 shows the traceback), 130 interrupted.
@@ -53,10 +56,10 @@ from tqdm.auto import tqdm
 
 from .cli import (PROG, TrainConfig, UsageError, config_to_dict, flag_name, method_options, parse_args,
                   schedule_fixes_epochs)
-from .data import DataError, ImageDatasets, build_datasets
+from .data import DataError, ImageDatasets, build_datasets, image_sizes
 from .denormals import flush_denormals
 from .flops import count_flops
-from .models import PROJECT_MODELS, get_model
+from .models import PROJECT_MODELS, check_input_size, get_model, min_input_size
 from .pretrained import first_line, load_pretrained
 from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
 from .pruner import LTP, prunable_layers
@@ -144,6 +147,7 @@ class _Run:
                                  "another --output-dir")
             raise UsageError(f"{self.out} already holds a run ({held[0]}); pass --resume to continue it or "
                              "choose another --output-dir")
+        self._check_input_sizes()
         seed_all(cfg.seed)
 
         # data
@@ -196,6 +200,30 @@ class _Run:
             # --resume is not kept: it would point a rerun elsewhere at this run's checkpoint).
             settings = {**config_to_dict(cfg), "output_dir": str(self.out), "resume": None}
             atomic_write_bytes(self.out / "args.yaml", yaml.safe_dump(settings, sort_keys=False).encode())
+
+    def _check_input_sizes(self) -> None:
+        """A crop smaller than the model takes (Inception v3, AlexNet, VGG, ...) fails deep
+        inside the first forward; say so before any data are read or files written."""
+        cfg, model = self.cfg, self.cfg.model
+        aux = cfg.model_opt.get("aux_logits", True)
+        train_size, val_size = image_sizes(cfg.dataset, train_crop_size=cfg.train_crop_size,
+                                           val_crop_size=cfg.val_crop_size)
+        flags = {"imagenet": ("--train-crop-size", "--val-crop-size"),
+                 "synthetic": ("--train-crop-size", "--train-crop-size")}.get(cfg.dataset)
+        checks = [(val_size, False, flags and flags[1])]
+        if not cfg.test_only:  # --test-only runs the model in eval mode only
+            checks.insert(0, (train_size, True, flags and flags[0]))
+        for size, train, flag in checks:
+            try:
+                check_input_size(model, size, train=train, image_size=val_size, aux_logits=aux)
+            except ValueError as e:
+                given = f"{flag} {size}" if flag else f"--dataset {cfg.dataset} has {size}x{size} images"
+                hint = ""
+                if size < min_input_size(model, train=train, aux_logits=aux):
+                    hint = f"; raise {flag}" if flag else "; choose another --model"
+                    if train and size >= min_input_size(model):
+                        hint += " or pass --model-opt aux_logits=false"
+                raise UsageError(f"{given}: {e}{hint}") from None
 
     def _loaders(self) -> None:
         cfg, procs = self.cfg, self.procs
@@ -327,6 +355,7 @@ class _Run:
                              + ". A resumed run keeps the checkpoint's optimizer, schedule and method state"
                              + (" (its schedule is built for the run's --epochs)" if "epochs" in changed else "")
                              + ": drop those flags, or start a new run in another --output-dir")
+        self._check_step_scale(ckpt, path)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -351,6 +380,44 @@ class _Run:
             self.trail.save()  # drop records written after the checkpoint (a crash in between)
         self.notes.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
 
+    def _check_step_scale(self, ckpt: dict[str, Any], path: Path) -> None:
+        """A resumed run may have another number of optimizer steps per epoch than the
+        checkpoint's (another --batch-size, number of processes or dataset size). The
+        learning-rate schedule steps per epoch and the methods' schedules are built from
+        --epochs at this run's scale and told the step on it (`schedule_step`), so they continue
+        at the epoch they had reached; only a method option given in optimizer steps
+        (STEP_OPTIONS: a start, an end, a length) cannot follow: such a resume is refused."""
+        cfg, saved = self.cfg, ckpt["args"]
+        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        # Checkpoints before steps_per_epoch was saved: every epoch had the same number of steps.
+        before = ckpt.get("steps_per_epoch", step // epoch if epoch else None)
+        now = self.steps_per_epoch
+        if before is None or int(before) == now or cfg.test_only:
+            return
+        before, world = int(before), int(ckpt.get("world_size", len(ckpt["rng"])))
+        scale = (f"{before} optimizer steps per epoch (-b/--batch-size {saved.get('batch_size')} x {world} "
+                 f"process(es)); this run has {now} (--batch-size {cfg.batch_size} x {self.procs.world} process(es))")
+        from . import methods
+
+        step_options = getattr(methods.METHODS.get(cfg.method), "STEP_OPTIONS", ())
+        given = [k for k in step_options if cfg.method_opt.get(k) not in (None, 0)]
+        if given:
+            raise UsageError(f"--resume: {path} was trained with {scale}. --method {cfg.method}'s "
+                             + ", ".join(f"{k}={cfg.method_opt[k]}" for k in given)
+                             + " counts optimizer steps, so its schedule would move to other epochs: resume with "
+                             f"--batch-size {saved.get('batch_size')} on {world} process(es), or start a new run in "
+                             "another --output-dir")
+        self.notes.append(f"resume: {path} was trained with {scale}; the schedules continue from epoch {epoch} "
+                          f"(step {epoch * now} at this run's scale; the trail keeps counting optimizer steps); "
+                          "rates per step (--lr, momentum, LTP's target_pace) now act on a different number of "
+                          "steps per epoch")
+
+    def schedule_step(self, done_this_epoch: int) -> int:
+        """The step the methods' schedules are at after `done_this_epoch` steps of this epoch:
+        optimizer steps done had every epoch had this run's steps per epoch. It equals
+        `self.step` unless the run was resumed with another (see `_check_step_scale`)."""
+        return self.epoch * self.steps_per_epoch + done_this_epoch
+
     def save_checkpoint(self) -> None:
         rng = rng_state(self.device)
         states: list[Any] = [rng]
@@ -362,7 +429,8 @@ class _Run:
         ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "args": config_to_dict(self.cfg), "rng": states,
-                "trail": self.trail.records, "classes": list(self.data.classes), "world_size": self.procs.world}
+                "trail": self.trail.records, "classes": list(self.data.classes), "world_size": self.procs.world,
+                "steps_per_epoch": self.steps_per_epoch}
         if hasattr(self.method, "state_dict"):
             ckpt["method"] = self.method.state_dict()
         atomic_save(ckpt, self.out / CHECKPOINT)
@@ -389,7 +457,7 @@ class _Run:
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         lr = self.optimizer.param_groups[0]["lr"]  # the schedule steps per epoch: this epoch's learning rate
         start = time.perf_counter()
-        for x, y in self.train_loader:
+        for i, (x, y) in enumerate(self.train_loader):
             x, y = self._batch(x, y)
             with self._autocast():
                 logits, aux = _logits(self.ddp(x))
@@ -411,7 +479,7 @@ class _Run:
             self.scaler.update()
             self.step += 1
             if after_step is not None:
-                after_step(self.step)
+                after_step(self.schedule_step(i + 1))
             sums += both
             bar.update(cfg.batch_size * procs.world)
             bar.set_postfix(loss=f"{float(both[0]):.4f}", refresh=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -237,6 +238,47 @@ def test_greg_penalty_pulls_groups_down_and_greg2_picks_late():
     method.finalize()
     assert widths(model) == (24, 24)
     mlp(hidden=(24, 24), batch_norm=True).load_state_dict(model.state_dict())
+
+
+def test_greg_state_dict_resumes_the_schedule_exactly():
+    """lambda, the picked groups and the phase live outside the model: a checkpoint needs
+    state_dict(), or a resumed GReg starts growing lambda again from 0."""
+    def make():
+        torch.manual_seed(0)
+        model = mlp(hidden=(32, 32), batch_norm=True)
+        return model, GReg(model, ratio=0.25, variant=2, total_steps=40, interval=2, reg_fraction=0.5)
+
+    x, y = mlp_batch()
+    model, method = make()
+    train(model, method, x, y, steps=16, lr=0.1)
+    assert method.phase == "grow" and method.picked is not None  # GReg-2 picked its groups at step 16
+    saved = copy.deepcopy((model.state_dict(), method.state_dict()))
+    resumed_model, resumed = make()
+    resumed_model.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    assert resumed.current_lambda == method.current_lambda > 0
+    for step in range(17, 41):
+        for m in (method, resumed):
+            m.after_step(step)
+    assert method.phase == resumed.phase == "pruned" and method.pruned_step == resumed.pruned_step
+    for p in method.links:
+        assert torch.equal(method.picked[p], resumed.picked[p]) and torch.equal(method.lambdas[p], resumed.lambdas[p])
+    with pytest.raises(ValueError, match=r"GReg state lacks \['picked'\]"):
+        resumed.load_state_dict({k: v for k, v in saved[1].items() if k != "picked"})
+    with pytest.raises(ValueError, match="GReg state is for layers"):
+        GReg(mlp(hidden=(32,), batch_norm=True)).load_state_dict(saved[1])
+    with pytest.raises(ValueError, match="layer '0' has 32 channels there, 16 here"):
+        GReg(small_cnn()).load_state_dict(saved[1])
+
+
+def test_step_options_name_real_options():
+    """STEP_OPTIONS (the options ltp-train cannot rescale at a resume with another number of
+    steps per epoch) name parameters the methods really take."""
+    assert GMP.STEP_OPTIONS and LATS.STEP_OPTIONS and GReg.STEP_OPTIONS
+    for name, builder in METHODS.items():
+        params = inspect.signature(builder).parameters
+        for option in getattr(builder, "STEP_OPTIONS", ()):
+            assert option in params, (name, option)
 
 
 # -- GDP ---------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import yaml
 
 from ltp_core import LTP, processes, train
 from ltp_core.cli import UsageError, make_config, method_options, parse_args
-from ltp_core.data import SyntheticImages, build_datasets
-from ltp_core.models import get_model
+from ltp_core.data import SyntheticImages, build_datasets, image_sizes
+from ltp_core.models import MIN_INPUT_SIZES, check_input_size, get_model, min_input_size
 from ltp_core.trail import Trail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,6 +327,90 @@ def test_resume_refuses_settings_the_checkpoint_fixes(tmp_path, capsys):
     assert _md5s(run) == before
 
 
+def _crash_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make the next runs stop with KeyboardInterrupt when they reach `epoch` (0-based)."""
+    original = train._Run.train_one_epoch
+
+    def crash(self):
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(train._Run, "train_one_epoch", crash)
+
+
+def _split_run(flags: list[str], run: Path, epoch: int, monkeypatch) -> None:
+    """Run `flags` into `run` until the checkpoint after `epoch` epochs, as if interrupted."""
+    with monkeypatch.context() as mp:
+        _crash_at_epoch(mp, epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(parse_args([*flags, "--output-dir", str(run)]))
+    assert _checkpoint(run)["epoch"] == epoch
+
+
+def test_resume_with_another_batch_size_keeps_schedules_on_their_epochs(tmp_path, monkeypatch):
+    """GMP's ramp is built from --epochs in optimizer steps; a run resumed with another batch
+    size (steps per epoch) reaches each sparsity at the same epoch as the uninterrupted run,
+    and its trail keeps counting the optimizer steps actually taken."""
+    flags = ["--dataset", "synthetic", "--synthetic-size", "32", "--synthetic-classes", "4", "--train-crop-size", "8",
+             "--model", "small_cnn", "--epochs", "4", "--lr", "0.05", "-j", "0", "--device", "cpu", "--no-progress",
+             "--no-trail-checkpoints", "--method", "gmp", "--method-opt", "sparsity=0.8"]
+    whole = train.run(parse_args([*flags, "-b", "8", "--output-dir", str(tmp_path / "whole")]))
+    by_epoch = [(r["epoch"], round(r["sparsity"], 4)) for r in whole.trail]
+    assert by_epoch[-2][1] == by_epoch[-1][1] == pytest.approx(0.8, abs=1e-3)  # the ramp ends at 3/4 of the run
+    _split_run([*flags, "-b", "8"], tmp_path / "split", 1, monkeypatch)
+    for batch, steps_per_epoch in (("16", 2), ("4", 8)):  # 32 images: 4 steps per epoch at -b 8
+        run = tmp_path / f"b{batch}"
+        shutil.copytree(tmp_path / "split", run)
+        resumed = train.run(parse_args([*flags, "-b", batch, "--output-dir", str(run), "--resume"]))
+        assert [(r["epoch"], round(r["sparsity"], 4)) for r in resumed.trail] == by_epoch, batch
+        assert [r["step"] for r in resumed.trail] == [0, 4, *(4 + k * steps_per_epoch for k in (1, 2, 3))]
+        ckpt = _checkpoint(run)
+        assert (ckpt["step"], ckpt["steps_per_epoch"]) == (4 + 3 * steps_per_epoch, steps_per_epoch)
+
+
+def test_resume_with_another_batch_size_continues_greg(tmp_path, monkeypatch):
+    """GReg's lambda and phase are checkpointed: a resumed run continues them exactly, and
+    with another batch size lambda still reaches the ceiling (the groups are zeroed) at the
+    epoch the uninterrupted run did."""
+    flags = ["--dataset", "synthetic", "--synthetic-size", "32", "--synthetic-classes", "4", "--train-crop-size", "8",
+             "--model", "small_cnn", "--epochs", "4", "--lr", "0.05", "-j", "0", "--device", "cpu", "--no-progress",
+             "--no-trail-checkpoints", "--method", "greg", "--method-opt", "interval=1"]
+    whole = train.run(parse_args([*flags, "-b", "8", "--output-dir", str(tmp_path / "whole")]))
+    # 4 steps per epoch, 16 in all: lambda reaches the ceiling at half the run, epoch 2
+    assert (whole.method.phase, whole.method.pruned_step) == ("pruned", 8)
+    _split_run([*flags, "-b", "8"], tmp_path / "split", 1, monkeypatch)
+    shutil.copytree(tmp_path / "split", tmp_path / "b16")
+    same = train.run(parse_args([*flags, "-b", "8", "--output-dir", str(tmp_path / "split"), "--resume"]))
+    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "split")
+    assert a["method"]["phase"] == b["method"]["phase"] == "pruned"
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert same.method.current_lambda == whole.method.current_lambda == 1.0
+    other = train.run(parse_args([*flags, "-b", "16", "--output-dir", str(tmp_path / "b16"), "--resume"]))
+    assert (other.method.phase, other.method.pruned_step) == ("pruned", 2 * 2)  # epoch 2 at 2 steps per epoch
+
+
+def test_resume_refuses_another_step_scale_for_options_counted_in_steps(tmp_path, capsys):
+    """A schedule given in optimizer steps (here GMP's end_step) cannot stay on its epochs
+    when the steps per epoch change (batch size or number of processes): refused, naming both."""
+    run = tmp_path / "run"
+    flags = _synthetic(run, "--model", "small_cnn", "--method", "gmp", "--method-opt", "end_step=1")
+    assert train.main(flags) == 0
+    before = _md5s(run)
+    err = _one_line_error(capsys, [*flags, "--resume", "-b", "4"])
+    assert (f"--resume: {run / 'checkpoint.pth'} was trained with 2 optimizer steps per epoch (-b/--batch-size 8 x 1 "
+            "process(es)); this run has 4 (--batch-size 4 x 1 process(es)). --method gmp's end_step=1 counts "
+            "optimizer steps") in err
+    assert "resume with --batch-size 8 on 1 process(es)" in err
+    # two processes of 8 images each: one step per epoch (checked without starting them)
+    with pytest.raises(UsageError, match=r"this run has 1 \(--batch-size 8 x 2 process\(es\)\)"):
+        train._Run(parse_args([*flags, "--resume"]), processes.Procs(rank=0, world=2)).setup()
+    assert _md5s(run) == before  # nothing rewritten
+    # --test-only trains nothing: any batch size evaluates the checkpoint
+    assert train.main([*flags, "--resume", "-b", "4", "--test-only"]) == 0
+
+
 def test_a_run_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -452,6 +536,80 @@ def test_datasets_by_name(tiny_imagenet):
     assert torch.equal(s.train[3][0], s.train[3][0]) and not torch.equal(s.train[3][0], s.val[3][0])
     g = build_datasets("digits", channels=1)
     assert g.sample_shape == (1, 8, 8) and len(g.train) == 1347
+    # the sizes the engine checks against the model before loading anything
+    assert image_sizes("imagenet", train_crop_size=24, val_crop_size=28) == (24, 28)
+    assert image_sizes("synthetic", train_crop_size=8, val_crop_size=28) == (8, 8) == s.train[0][0].shape[1:]
+    assert image_sizes("digits") == (8, 8) and image_sizes("cifar10") == (32, 32)
+
+
+# -- models with a minimum input size ------------------------------------------------------
+
+def _runs_on(name: str, size: int, train: bool, **options) -> bool:
+    """Whether a (2, 3, size, size) batch goes through torchvision's model `name` (a ViT built
+    for that size), without the project's check. On the meta device: the same shape checks
+    as on CPU (compared by hand for each kind of failure), no arithmetic."""
+    import torchvision
+
+    if name.startswith("vit_"):
+        options = {"image_size": size, **options}
+    with torch.device("meta"):
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
+            model.train(train)
+            with torch.no_grad():
+                model(torch.zeros(2, 3, size, size))
+        except (RuntimeError, AssertionError):  # AssertionError: a ViT's size check (torch._assert)
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(MIN_INPUT_SIZES))
+def test_min_input_sizes_are_the_measured_ones(name):
+    least = min_input_size(name)
+    assert _runs_on(name, least, False) and not _runs_on(name, least - 1, False)
+    assert _runs_on(name, least, True) == (min_input_size(name, train=True) == least)
+
+
+def test_min_input_sizes_of_the_special_models():
+    # Inception v3's auxiliary classifier needs the full 299x299 in training mode (75 in eval)
+    assert (min_input_size("inception_v3"), min_input_size("inception_v3", train=True)) == (75, 299)
+    assert _runs_on("inception_v3", 299, True) and not _runs_on("inception_v3", 298, True)
+    assert min_input_size("inception_v3", train=True, aux_logits=False) == 75
+    assert _runs_on("inception_v3", 75, True, aux_logits=False)
+    # a ViT is built for one size, a multiple of its patch; MaxViT for 224 only
+    assert min_input_size("vit_b_16") == 16 and _runs_on("vit_b_16", 48, False) and not _runs_on("vit_b_16", 40, False)
+    with pytest.raises(ValueError, match="vit_b_16 is built for one image size, 224x224 here, got 176x176"):
+        check_input_size("vit_b_16", 176, image_size=224)
+    with pytest.raises(ValueError, match="maxvit_t takes 224x224 images only"):
+        check_input_size("maxvit_t", 256)
+    assert _runs_on("maxvit_t", 224, False) and not _runs_on("maxvit_t", 256, False)
+    assert min_input_size("resnet18") == 1 and _runs_on("resnet18", 1, True)
+    # the builder refuses an image_size its model cannot run on, naming both
+    with pytest.raises(ValueError, match="alexnet needs images of at least 63x63, got 32x32"):
+        get_model("alexnet", 10, image_size=32)
+
+
+def test_crops_below_the_models_minimum_fail_before_anything_runs(tiny_imagenet, tmp_path, capsys):
+    run = tmp_path / "run"
+    err = _one_line_error(capsys, _synthetic(run, "--model", "inception_v3", "--train-crop-size", "32"))
+    assert err.endswith("--train-crop-size 32: inception_v3 needs images of at least 299x299 in training (its "
+                        "auxiliary classifier; 75x75 with aux_logits=False), got 32x32; raise --train-crop-size")
+    err = _one_line_error(capsys, _synthetic(run, "--model", "inception_v3", "--train-crop-size", "224"))
+    assert err.endswith("got 224x224; raise --train-crop-size or pass --model-opt aux_logits=false")
+    imagenet = ["--dataset", "imagenet", "--data-path", str(tiny_imagenet), "--model", "alexnet", "-j", "0",
+                "--device", "cpu", "--no-progress", "--output-dir", str(run), "--train-crop-size", "64"]
+    assert "--val-crop-size 32: alexnet needs images of at least 63x63, got 32x32; raise --val-crop-size" in \
+        _one_line_error(capsys, [*imagenet, "--val-resize-size", "32", "--val-crop-size", "32"])
+    assert "--dataset digits has 8x8 images: vgg11 needs images of at least 32x32, got 8x8; choose another --model" \
+        in _one_line_error(capsys, ["--dataset", "digits", "--model", "vgg11", "--output-dir", str(run)])
+    assert "--dataset cifar10 has 32x32 images: inception_v3 needs images of at least 299x299" in _one_line_error(
+        capsys, ["--dataset", "cifar10", "--data-path", str(tmp_path / "nowhere"), "--model", "inception_v3",
+                 "--output-dir", str(run)])  # said before the (missing) folder is read
+    assert not run.exists()  # nothing written
+    # at or above the minimum the check passes (Inception v3 without its auxiliary head: 75)
+    for flags in (["--model", "inception_v3", "--train-crop-size", "75", "--model-opt", "aux_logits=false"],
+                  ["--model", "googlenet", "--train-crop-size", "15"]):
+        train._Run(parse_args(_synthetic(run, *flags)), processes.Procs())._check_input_sizes()
 
 
 # -- precision and memory format -----------------------------------------------------------

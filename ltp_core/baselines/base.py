@@ -4,6 +4,7 @@ Every method (LTP is the model) attaches to a model in place and then answers:
 
     regularizer()     a 0-d tensor added to the task loss (zeros(()) when the method has none)
     after_step(step)  called after each optimizer step; `step` = optimizer steps done (1, 2, ...)
+                      (ltp-train: counted at the run's current steps per epoch, see STEP_OPTIONS)
     sparsity()        {layer: fraction of its weights pruned, "total": over the pruned layers},
                       the sparsity `finalize()` would give if called now
     param_groups()    optimizer groups (a method's own parameters in a group of their own)
@@ -48,6 +49,11 @@ class BaseMethod:
 
     model: nn.Module
     finalized: bool = False
+    # Options whose values are counted in optimizer steps and place the schedule in the run
+    # (where it starts or ends, how long it lasts). ltp-train resumes a run on another number
+    # of steps per epoch (batch size x processes) by rebuilding the schedule from --epochs at
+    # the new scale; a value given in steps cannot follow, so such a resume is refused.
+    STEP_OPTIONS: tuple[str, ...] = ()
 
     def _check_live(self) -> None:
         if self.finalized:

@@ -74,6 +74,10 @@ class GReg(StructuredMethod):
         exclude: layers whose filters are kept; example_input: for flops().
     """
 
+    # An explicit delta fixes the step at which lambda reaches the ceiling; the default one is
+    # derived from total_steps, and `interval` then only sets the granularity.
+    STEP_OPTIONS = ("total_steps", "delta", "stabilize_steps")
+
     def __init__(self, model: nn.Module, *, ratio: float | dict[str, float] = 0.5, variant: int = 1,
                  delta: float | None = None, interval: int = 10, ceiling: float = 1.0,
                  pick_ceiling: float | None = None, stabilize_steps: int = 0, total_steps: int | None = None,
@@ -181,6 +185,34 @@ class GReg(StructuredMethod):
         if self.phase == "stabilize" and step - self.ceiling_step >= self.stabilize_steps:
             self.phase, self.pruned_step = "pruned", step
             self._zero_groups()
+
+    def state_dict(self) -> dict:
+        """The schedule's state, for checkpoints (the weights are in the model's state_dict):
+        lambda per channel, the groups picked, the phase and the steps it changed at."""
+        return {"lambdas": {p: lam.detach().cpu().clone() for p, lam in self.lambdas.items()},
+                "picked": None if self.picked is None else {p: t.cpu().clone() for p, t in self.picked.items()},
+                "phase": self.phase, "ceiling_step": self.ceiling_step, "pruned_step": self.pruned_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict()` returned, so a resumed run continues the schedule
+        (without it lambda would start again from 0 and pruned groups would train again)."""
+        missing = {"lambdas", "picked", "phase", "ceiling_step", "pruned_step"} - set(state)
+        if missing:
+            raise ValueError(f"GReg state lacks {sorted(missing)}; expected the dict GReg.state_dict() returns")
+        if set(state["lambdas"]) != set(self.links):
+            raise ValueError(f"GReg state is for layers {sorted(state['lambdas'])}, this model prunes "
+                             f"{sorted(self.links)}")
+        if state["phase"] not in ("pick", "grow", "stabilize", "pruned"):
+            raise ValueError(f"GReg state has an unknown phase {state['phase']!r}")
+        for p, lam in state["lambdas"].items():
+            if lam.shape != self.lambdas[p].shape:
+                raise ValueError(f"GReg state: layer {p!r} has {lam.numel()} channels there, "
+                                 f"{self.lambdas[p].numel()} here")
+            self.lambdas[p].copy_(lam)
+        device = self.lambdas[next(iter(self.lambdas))].device if self.lambdas else None
+        self.picked = None if state["picked"] is None else {
+            p: t.to(device=device, dtype=torch.bool) for p, t in state["picked"].items()}
+        self.phase, self.ceiling_step, self.pruned_step = state["phase"], state["ceiling_step"], state["pruned_step"]
 
     def _zero_groups(self) -> None:
         for p, link in self.links.items():

@@ -115,6 +115,8 @@ class LATS(ReparamMethod):
         exclude, exclude_first, exclude_last: as in `ltp_core.LTP`; example_input: unused.
     """
 
+    STEP_OPTIONS = ("total_steps", "start_step", "end_step", "lr_schedule")  # lr_schedule: one lr per step
+
     def __init__(self, model: nn.Module, *, threshold: float | None = None, sparsity: float = 0.9,
                  schedule: str = "lats", total_steps: int | None = None, start_step: int = 0,
                  end_step: int | None = None, lr_schedule: LRSchedule = None, beta: float = 0.1,

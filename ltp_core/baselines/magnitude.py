@@ -144,6 +144,8 @@ class GMP(Magnitude):
         scope: "global" | "layer"; exclude, exclude_first, exclude_last as in `ltp_core.LTP`.
     """
 
+    STEP_OPTIONS = ("total_steps", "start_step", "end_step")  # `frequency` only sets the granularity
+
     def __init__(self, model: nn.Module, *, sparsity: float = 0.9, initial_sparsity: float = 0.0,
                  total_steps: int | None = None, start_step: int = 0, end_step: int | None = None,
                  frequency: int | None = None, scope: str = "global", exclude: Iterable[str] | str = (),
