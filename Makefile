@@ -32,7 +32,7 @@ GPU_PYTHON ?= python3
 CUDA_TESTS := tests/test_pruner.py tests/test_compile.py tests/test_baselines.py tests/test_export.py \
               tests/test_train.py tests/test_bench.py
 gpu-check:
-	PYTHONPATH=. $(GPU_PYTHON) -m pytest -o addopts="-ra -p no:cacheprovider" -k "cuda or gpu" $(CUDA_TESTS); \
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -o addopts="-ra -p no:cacheprovider" -k "(cuda or gpu) and not run_on_cpu" $(CUDA_TESTS); \
 	tests=$$?; \
 	PYTHONPATH=. $(GPU_PYTHON) -m ltp_core.bench --preset gpu $(if $(BENCH_JSON),--output $(BENCH_JSON)); \
 	bench=$$?; \

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import difflib
 import json
 import platform
 import random
@@ -37,6 +38,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .denormals import flush_denormals
+from .models import torchvision_models
 from .pruner import LTP, prunable_layers
 from .trail import atomic_write_bytes
 
@@ -121,6 +123,12 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
     for key in ("batch_size", "image_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    known = torchvision_models()
+    if cfg["model"] not in known:
+        close = difflib.get_close_matches(str(cfg["model"]), known, n=4, cutoff=0.6)
+        raise ValueError(f"unknown model {cfg['model']!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + "; the benchmark builds torchvision's classification models: "
+                         + ", ".join(m for m in known if m.startswith("resnet")) + ", ...")
     warmup = max(1, warmup)  # the first step compiles, allocates and measures peak memory
     flush_denormals()  # as fit and ltp-train do: denormal soft-masked weights are slow
     cuda = device.startswith("cuda")
@@ -206,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int)
     p.add_argument("--model")
     p.add_argument("--output", type=Path, help="JSON file (default reports/benchmarks/<date>-<preset>.json, with "
-                   "the sizes in the name when --batch-size, --image-size or --model change them)")
+                   "the settings in the name when --batch-size, --image-size or --model change them or --steps "
+                   "or --warmup are below their defaults)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("image_size", args.image_size),
                                    ("model", args.model)) if v is not None}
@@ -216,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
-    # The preset's own sizes go to the dated report; other sizes get a name of their own, so a
-    # quick small run never replaces it.
-    custom = "" if not overrides else "-" + "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    # A run of the preset's sizes, at least as long as the default one, goes to the dated report;
+    # other sizes and shorter runs get a name of their own, so a quick run never replaces it.
+    short = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup)) if v < p.get_default(k)}
+    named = {**overrides, **short}
+    custom = "" if not named else "-" + "-".join(f"{k}{v}" for k, v in sorted(named.items()))
     out = args.output or Path("reports/benchmarks") / f"{result['date']}-{args.preset}{custom}.json"
     atomic_write_bytes(out, json.dumps(result, indent=1).encode())
     print(f"\nwritten: {out}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import logging
 import warnings
 from collections.abc import Iterator
 
@@ -268,6 +270,18 @@ def _probe(device_type: str) -> None:
                             [o[2] for o in out], False)
 
 
+def _import_cpp_extension_quietly() -> None:
+    # Inductor imports it on its first compile; on a machine with a CUDA toolkit but no GPU the
+    # import logs "No CUDA runtime is found", which says nothing about the CPU kernels.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        importlib.import_module("torch.utils.cpp_extension")
+    finally:
+        logger.setLevel(before)
+
+
 @functools.cache
 def fused_kernels_work(device_type: str) -> bool:
     """Whether the compiled mask kernels build and run on `device_type` ("cpu", "cuda", ...).
@@ -278,6 +292,8 @@ def fused_kernels_work(device_type: str) -> bool:
     compiler, no Triton, an unsupported platform) answers False, with one warning saying why.
     """
     try:  # in the global state FusedSoftPrune calls the kernels in: grad off, autocast off
+        if device_type == "cpu":
+            _import_cpp_extension_quietly()
         with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
             _probe(device_type)
         return True

@@ -80,8 +80,7 @@ def pick_record(trail: Trail, *, min_accuracy: float | None = None, max_drop: fl
         if start is None:
             raise ValueError(f"the first record has no {accuracy_key}; give min_accuracy instead of max_drop")
         min_accuracy = start - max_drop
-    view = Trail(trail.directory)
-    view.records = records
+    view = Trail(trail.directory, records=records)
     return view.pick(min_accuracy=min_accuracy, max_sparsity=max_sparsity, accuracy_key=accuracy_key)
 
 
@@ -112,6 +111,26 @@ def format_record(record: dict[str, Any], accuracy_key: str = DEFAULT_KEY) -> st
     return "  ".join(parts)
 
 
+def _finite(text: str) -> float:
+    # argparse names the flag in front of this message
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _folder_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is not a folder (a file where a folder
+    of the path must be), else None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):
@@ -119,10 +138,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = Parser(prog=PROG, description="Choose a hard-pruned network from the trail of an ltp-train run.")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's folder (holding trail.json)")
-    p.add_argument("--min-accuracy", type=float, metavar="A", help="the sparsest network with accuracy >= A")
-    p.add_argument("--max-drop", type=float, metavar="D",
+    p.add_argument("--min-accuracy", type=_finite, metavar="A", help="the sparsest network with accuracy >= A")
+    p.add_argument("--max-drop", type=_finite, metavar="D",
                    help="the sparsest network within D of the first record's accuracy")
-    p.add_argument("--max-sparsity", type=float, metavar="S", help="the most accurate network with sparsity <= S")
+    p.add_argument("--max-sparsity", type=_finite, metavar="S", help="the most accurate network with sparsity <= S")
     p.add_argument("--key", default=DEFAULT_KEY, metavar="KEY",
                    help=f"the accuracy compared (default {DEFAULT_KEY}, the hard-pruned top-1; e.g. hard_top5, "
                         "soft_accuracy)")
@@ -147,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             out, run = Path(args.out).resolve(), Path(args.output_dir).resolve()
             if out in (run / "trail.json", run / "checkpoint.pth", run / "args.yaml") or out.parent == run / "trail":
                 raise ValueError(f"--out {args.out} is one of the run's own files; write the network elsewhere")
+            blocker = _folder_in_the_way(out)
+            if blocker is not None:
+                raise ValueError(f"--out {args.out}: {blocker} is a file, not a folder")
         if args.list:
             for r in trail.records:
                 print(format_record(r, args.key) + ("" if r.get("checkpoint") else "  (no checkpoint)"))

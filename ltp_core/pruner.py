@@ -541,6 +541,11 @@ class LTP:
         weight decay 0 and, if given, learning rate `threshold_lr` (units of w**2 per unit of
         gradient step, so usually much smaller than the weights' lr)."""
         self._check_live()
+        for name, value in (("weight_decay", weight_decay), ("threshold_lr", threshold_lr)):
+            # a negative rate passes Adam's own checks and would move the thresholds the wrong way
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         tids = {id(t) for t in self.thresholds.values()}
         rest = [p for p in self.model.parameters() if id(p) not in tids]
         thresh_group = {"params": list(self.thresholds.values()), "weight_decay": 0.0, **group_options}

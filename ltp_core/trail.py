@@ -109,6 +109,24 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of the trail file `path`; ValueError, naming it, for a file that is not one."""
+    try:
+        data = json.loads(path.read_text())
+        records = data["records"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a trail file ({type(e).__name__}: {e})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} is not a trail file (its records are a {type(records).__name__}, not a list)")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path} is not a trail file (record {i}: not a mapping)")
+        for k in Trail.REQUIRED:
+            if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float)):
+                raise ValueError(f"{path} is not a trail file (record {i}: {k!r} is missing or not a number)")
+    return records
+
+
 def format_compression(compression: float | None) -> str:
     """'12.34x', or 'all pruned' for a record whose weights are all zero (compression None)."""
     return "all pruned" if compression is None else f"{compression:.2f}x"
@@ -119,7 +137,10 @@ class Trail:
 
     Args:
         directory: where `trail.json` and the hard-pruned checkpoints `trail/step_<step>.pt`
-            go. None keeps the trail in memory only.
+            go. None keeps the trail in memory only. A `trail.json` already there is read
+            first, so `Trail(run_dir).pick(...)` picks from that run and `record` adds to its
+            records (never writes over them).
+        records: the records to start from instead (the file is then not read).
 
     Each record is a dict with at least `step`, `epoch`, `sparsity` (total, fraction of
     prunable weights that are zero), `compression` (prunable / surviving weights; None when
@@ -130,9 +151,12 @@ class Trail:
 
     REQUIRED = ("step", "epoch", "sparsity")
 
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None, *,
+                 records: list[dict[str, Any]] | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = list(records or [])
+        if records is None and self.directory is not None and (self.directory / "trail.json").is_file():
+            self.records = _read_records(self.directory / "trail.json")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -215,22 +239,7 @@ class Trail:
             path = path / "trail.json"
         if not path.is_file():
             raise FileNotFoundError(f"no trail at {path} (expected a trail.json written by Trail.save)")
-        try:
-            data = json.loads(path.read_text())
-            records = data["records"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a trail file ({type(e).__name__}: {e})") from None
-        if not isinstance(records, list):
-            raise ValueError(f"{path} is not a trail file (its records are a {type(records).__name__}, not a list)")
-        for i, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise ValueError(f"{path} is not a trail file (record {i}: not a mapping)")
-            for k in cls.REQUIRED:
-                if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float)):
-                    raise ValueError(f"{path} is not a trail file (record {i}: {k!r} is missing or not a number)")
-        trail = cls(path.parent)
-        trail.records = list(records)
-        return trail
+        return cls(path.parent, records=_read_records(path))
 
     def load_checkpoint(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The hard-pruned state_dict saved with `entry` (loaded with weights_only=True)."""

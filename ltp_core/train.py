@@ -187,7 +187,8 @@ class _Run:
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp and self.amp_dtype == torch.float16)
-        self.trail = Trail(self.out if procs.main and not cfg.test_only else None)
+        # records=[]: a resumed run's trail is the checkpoint's (trail.json may hold later records)
+        self.trail = Trail(self.out if procs.main and not cfg.test_only else None, records=[])
         if resume_path is not None:
             self._load_checkpoint(resume_path)
         else:  # every process its own stream for augmentation and dropout (the init above was shared)

@@ -34,6 +34,8 @@ def test_bench_rejects_bad_input(capsys):
     assert "steps must be >= 1" in capsys.readouterr().err
     assert bench.main(["--preset", "cpu", "--batch-size", "0"]) == 2
     assert "batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert bench.main(["--preset", "cpu", "--model", "resnet81"]) == 2
+    assert "unknown model 'resnet81' (did you mean resnet18" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--preset", "tpu"])
     if not torch.cuda.is_available():
@@ -70,5 +72,15 @@ def test_a_small_run_never_replaces_the_dated_report(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     assert bench.main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--image-size", "16"]) == 0
     written = list((tmp_path / "reports" / "benchmarks").iterdir())
-    assert [p.name.split("-", 3)[-1] for p in written] == ["cpu-batch_size2-image_size16.json"]
+    assert [p.name.split("-", 3)[-1] for p in written] == ["cpu-batch_size2-image_size16-steps1-warmup0.json"]
     assert json.loads(written[0].read_text())["warmup"] == 1  # the step it did take
+
+
+def test_a_short_run_of_the_presets_sizes_never_replaces_the_dated_report(tmp_path, monkeypatch, capsys):
+    tiny = bench.run_benchmark("cpu", steps=1, warmup=1, batch_size=2, image_size=16)
+    monkeypatch.setattr(bench, "run_benchmark", lambda *args, **kwargs: tiny)
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--steps", "1", "--warmup", "0"]) == 0
+    assert bench.main(["--steps", "25"]) == 0  # longer than the default: the dated report
+    names = sorted(p.name.split("-", 3)[-1] for p in (tmp_path / "reports" / "benchmarks").iterdir())
+    assert names == ["cpu-steps1-warmup0.json", "cpu.json"]

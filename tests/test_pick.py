@@ -89,11 +89,13 @@ def test_command_writes_the_chosen_network(run, tmp_path, capsys):
     (["--key", "hard_top5", "--min-accuracy", "0.999"], "no record with hard_top5 >= 0.999;"),
     (["--min-accuracy", "0.5", "--out", ""], "--out is empty"),
     (["--sparse", "--min-accuracy", "0.9"], "give --out PATH too"),
-    (["--min-accuracy", "x"], "invalid float value"),
+    (["--min-accuracy", "x"], "argument --min-accuracy: must be a finite number, got 'x'"),
+    (["--max-drop", "nan"], "argument --max-drop: must be a finite number, got 'nan'"),
+    (["--min-accuracy", "0", "--out", "{run}/trail.json/net.pth"], "trail.json is a file, not a folder"),
     (["--max-sparsity", "0.5", "--key", "nope"], "accuracy key 'nope'"),
 ])
 def test_command_errors_are_one_line(run, capsys, argv, match):
-    assert main([str(run), *argv]) == 2
+    assert main([str(run), *(a.format(run=run) for a in argv)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ltp-pick: error: ") and match in err and "\n" not in err and "None" not in err
 

@@ -192,6 +192,9 @@ def test_param_groups_separate_thresholds_without_weight_decay():
     assert ids[1] == {id(t) for t in ltp.thresholds.values()}
     assert ids[0].isdisjoint(ids[1]) and len(ids[0]) + len(ids[1]) == len(list(model.parameters()))
     assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 1e-4
+    for bad in ({"threshold_lr": -1e-3}, {"threshold_lr": float("nan")}, {"weight_decay": -1.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number >= 0"):
+            ltp.param_groups(**bad)
 
 
 def test_exclude_first_last_and_by_name():

@@ -199,3 +199,15 @@ def test_pick_bounds_are_finite_numbers(tmp_path):
     with pytest.raises(ValueError, match="min_accuracy must be a finite number, got nan"):
         trail.pick(min_accuracy=float("nan"))
     assert trail.pick(max_sparsity=0.5)["step"] == 0
+
+
+def test_a_trail_made_on_a_run_folder_continues_that_run(tmp_path):
+    _filled(tmp_path)
+    again = Trail(tmp_path)
+    assert len(again) == 5 and again.pick(min_accuracy=0.95)["sparsity"] == 0.8
+    again.record(step=50, epoch=5, sparsity=0.97, hard_accuracy=0.5)
+    assert [r["step"] for r in Trail.load(tmp_path)] == [0, 10, 20, 30, 40, 50]  # added to, not written over
+    assert len(Trail(tmp_path, records=[])) == 0
+    (tmp_path / "trail.json").write_text("{damaged")
+    with pytest.raises(ValueError, match="is not a trail file"):
+        Trail(tmp_path)
