@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .models import min_input_size
+
 __all__ = ["PAPER", "PaperResult", "PAPER_RESULTS", "PAPER_MODELS", "REQUIREMENTS", "missing_requirement",
            "min_image_size", "markdown_table"]
 
@@ -63,11 +65,6 @@ PAPER_MODELS: tuple[str, ...] = tuple(PAPER_RESULTS)
 # Python packages a model needs beyond torch/torchvision: {model: module name}.
 REQUIREMENTS: dict[str, str] = {"mixnet_s": "timm", "mixnet_m": "timm", "mixnet_l": "timm", "mixnet_xl": "timm"}
 
-# Smallest input side a network's layer arithmetic allows (AlexNet's stride-4 stem and three
-# max-pools need 63 pixels); others take any size >= 32.
-_MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 64}
-
-
 def missing_requirement(model: str) -> str | None:
     """The name of the optional package `model` needs and this environment lacks, else None."""
     module = REQUIREMENTS.get(model)
@@ -77,8 +74,10 @@ def missing_requirement(model: str) -> str | None:
 
 
 def min_image_size(model: str) -> int:
-    """The smallest square input side `model` runs on (32 unless its layers need more)."""
-    return _MIN_IMAGE_SIZE.get(model, 32)
+    """The smallest square image side (pixels) to train `model` on here: 32, or more where its
+    layers need it (`ltp_core.models.min_input_size` in training mode: AlexNet 63, Inception v3
+    299 with its auxiliary head)."""
+    return max(32, min_input_size(model, train=True))
 
 
 def _cell(value: Any) -> str:

@@ -25,3 +25,20 @@ def test_torchrun_command_round_trips_to_the_same_settings():
 def test_markdown_table():
     table = markdown_table([{"model": "alexnet", "top5": 0.791, "ours": None}])
     assert table.splitlines() == ["| model | top5 | ours |", "|---|---|---|", "| alexnet | 0.791 | — |"]
+
+
+@pytest.mark.parametrize("model", ["alexnet", "inception_v3"])
+def test_min_image_size_is_the_least_a_network_trains_on(model):
+    # notebook 07 trains each chosen network at max(image_size, min_image_size(model))
+    import torch
+
+    from ltp_core.models import get_model
+    from ltp_core.paper_results import min_image_size
+
+    size = min_image_size(model)
+    assert size > 32
+    net = get_model(model, 10, image_size=size).train()
+    out = net(torch.randn(2, 3, size, size))
+    (out[0] if isinstance(out, tuple) else out).sum().backward()  # Inception: (logits, aux logits)
+    with pytest.raises(RuntimeError):  # a pixel less fails deep inside the forward
+        net(torch.randn(2, 3, size - 1, size - 1))
