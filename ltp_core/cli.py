@@ -15,6 +15,10 @@ Dense training is `--method none`. The `--ltp-*` flags are shorthands for LTP's 
 (`--ltp-lambda` -> `lambda_`, `--ltp-t0` -> `temperature`, `--ltp-exclude` -> `exclude`, where
 the words `first` and `last` mean `exclude_first` / `exclude_last`); `--method-opt KEY=VALUE`
 passes any option of any method (values are parsed as YAML: `0.5`, `true`, `[a, b]`).
+
+With `--resume`, every setting that neither a flag nor `--config` gives is the resumed run's
+own (from its checkpoint), so `ltp-train --output-dir RUN --resume` continues RUN as it was;
+the engine then refuses the given ones that differ where the checkpoint fixes them.
 """
 from __future__ import annotations
 
@@ -32,14 +36,17 @@ from typing import Any
 from .data import DATASETS, INTERPOLATIONS
 
 __all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
-           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "LR_SCHEDULERS",
-           "OPTIMIZERS", "AMP_DTYPES"]
+           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "output_folder",
+           "checkpoint_path", "read_checkpoint", "CHECKPOINT", "CHECKPOINT_KEYS", "LR_SCHEDULERS", "OPTIMIZERS",
+           "AMP_DTYPES"]
 
 PROG = "ltp-train"
 LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")
 WARMUP_METHODS = ("constant", "linear")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
 AMP_DTYPES = ("bf16", "fp16")
+CHECKPOINT = "checkpoint.pth"  # a run's checkpoint, in its output folder
+CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
 
 
 class UsageError(Exception):
@@ -94,9 +101,11 @@ class TrainConfig:
                                   "mlp, small_cnn, or timm's mixnet_s (needs timm)", kind="str", group="model")
     model_opt: dict = _opt({}, "model constructor option, repeatable (e.g. shortcut=B for the CIFAR ResNets)",
                            kind="dict", metavar="KEY=VALUE", group="model")
-    pretrained: str | None = _opt(None, "local weights file (a state_dict, or a checkpoint holding 'model' or "
-                                        "'state_dict'); the head is replaced when the class count differs; "
-                                        "nothing is downloaded", kind="optstr", metavar="PATH", group="model")
+    pretrained: str | None = _opt(None, "local weights file (a state_dict, a checkpoint holding 'model' or "
+                                        "'state_dict', or an ltp-sparse file from ltp-pick --sparse); the head is "
+                                        "replaced when the class count differs; nothing is downloaded; not read "
+                                        "by --resume (the checkpoint holds the weights)",
+                                  kind="optstr", metavar="PATH", group="model")
     # pruning method
     method: str = _opt("ltp", "pruning method from ltp_core.methods (none: dense training)", kind="str",
                        group="method")
@@ -161,7 +170,9 @@ class TrainConfig:
     output_dir: str = _opt("", "where trail.json, checkpoint.pth, trail/ and args.yaml go "
                                "(default: runs/<dataset>-<model>-<method>)", kind="str", metavar="DIR")
     resume: str | None = _opt(None, "continue from a checkpoint (a file, or a run folder; without a value: "
-                                    "<output-dir>/checkpoint.pth)", kind="optstr", metavar="PATH")
+                                    "<output-dir>/checkpoint.pth) with its settings, except those given; a run "
+                                    "folder continues in place unless --output-dir is given",
+                              kind="optstr", metavar="PATH")
     seed: int = _opt(0, "random seed (initialization, data order, augmentation)", kind="int",
                      check=lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)")
     test_only: bool = _opt(False, "only evaluate (the --resume or --pretrained network) and print the metrics",
@@ -313,12 +324,15 @@ def _check_consistency(cfg: TrainConfig) -> None:
     valid = [*method_names(), "none"]
     if cfg.method not in valid:
         raise UsageError(f"--method: unknown pruning method {cfg.method!r}; choose from {', '.join(valid)}")
-    ltp_given = [f"--{n.replace('_', '-')}" for n in ("ltp_lambda", "ltp_t0", "ltp_threshold_lr", "ltp_exclude",
-                                                      "target_sparsity")
+    ltp_given = [flag_name(n) for n in ("ltp_lambda", "ltp_t0", "ltp_threshold_lr", "ltp_exclude", "target_sparsity")
                  if getattr(cfg, n) not in (None, [])]
     if ltp_given and cfg.method != "ltp":
-        raise UsageError(f"{', '.join(ltp_given)}: options of --method ltp, but this run uses --method {cfg.method} "
-                         "(pass its options with --method-opt KEY=VALUE)")
+        # Dense training has no options at all; another method takes its own through --method-opt.
+        them = "it" if len(ltp_given) == 1 else "them"
+        fix = (f"dense training prunes nothing: drop {them}, or choose --method ltp" if cfg.method == "none" else
+               f"drop {them}, and pass that method's options with --method-opt KEY=VALUE")
+        raise UsageError(f"{', '.join(ltp_given)}: options of --method ltp, but this run uses --method {cfg.method}; "
+                         + fix)
     if cfg.method == "none" and cfg.method_opt:
         raise UsageError(f"--method none (dense training) takes no --method-opt, got {cfg.method_opt}")
     dev = cfg.device
@@ -453,15 +467,86 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     return {_normalize_key(k, f"--config {path}"): v for k, v in data.items()}
 
 
+def output_folder(output_dir: str, dataset: str, model: str, method: str) -> Path:
+    """Where a run writes: `output_dir`, or runs/<dataset>-<model>-<method> when it is empty."""
+    return Path(output_dir or f"runs/{dataset}-{model}-{method}")
+
+
+def checkpoint_path(resume: str, out: Path) -> Path:
+    """The checkpoint file `--resume resume` names: `out`/checkpoint.pth for "auto" (the flag
+    without a value), a run folder's checkpoint.pth, or the file itself. UsageError when there
+    is none."""
+    path = out / CHECKPOINT if resume == "auto" else Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        stopped = resume == "auto" and (out / "trail.json").exists()
+        raise UsageError(f"--resume: no checkpoint at {path}" + (
+            " (the run there stopped before its first checkpoint: delete the folder to start again)"
+            if stopped else ""))
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The `ltp-train` checkpoint at `path` (loaded with weights_only=True, on the CPU).
+    UsageError when it is not one."""
+    from .pretrained import load_torch_file  # pretrained.py imports this module
+
+    ckpt = load_torch_file(path, "--resume")
+    lacking = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if lacking:
+        raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (it lacks {', '.join(lacking)})")
+    if not isinstance(ckpt["args"], dict):
+        raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (its args are not a mapping of settings)")
+    return ckpt
+
+
+def _merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `base`; mappings (--method-opt, --model-opt) are merged key by key."""
+    out = dict(base)
+    for name, value in given.items():
+        if FIELDS[name].metadata["kind"] == "dict" and isinstance(out.get(name), dict) and isinstance(value, dict):
+            value = {**out[name], **value}
+        out[name] = value
+    return out
+
+
+def _resumed_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """`given` (the settings flags and --config set) completed with the resumed run's own, from
+    its checkpoint: what the user leaves out stays as the run had it. Without --output-dir a
+    run folder's checkpoint is continued in that folder. UsageError for a checkpoint that cannot
+    be read, or a missing one when `given` alone is not a whole configuration."""
+    key = {n: _convert(n, given[n]) if n in given else FIELDS[n].default
+           for n in ("resume", "output_dir", "dataset", "model", "method")}
+    try:
+        path = checkpoint_path(key["resume"], output_folder(key["output_dir"], key["dataset"], key["model"],
+                                                           key["method"]))
+    except UsageError as missing:
+        # Nothing to complete them from. The flags may still make a whole run (the notebooks parse
+        # their commands back from another working folder): the engine then says that there is
+        # no checkpoint when it starts. Otherwise the missing checkpoint is the error to report.
+        try:
+            make_config(**given)
+        except UsageError:
+            raise missing from None
+        return given
+    # Settings this ltp_core does not know (another version's) are left out.
+    saved = {k: v for k, v in read_checkpoint(path)["args"].items() if k in FIELDS}
+    if "output_dir" not in given and path.name == CHECKPOINT:
+        saved["output_dir"] = str(path.parent)
+    return _merge(saved, given)
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags (and --config YAML) -> a checked TrainConfig. Raises UsageError."""
+    """Flags (and --config YAML) -> a checked TrainConfig. Raises UsageError.
+
+    The parser leaves out the flags not given (argparse.SUPPRESS), so what the user set is
+    known: with --resume, every other setting comes from the checkpoint (`_resumed_settings`)
+    rather than from the defaults."""
     ns = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
     config_file = ns.pop("config", None)
-    if config_file is not None:
-        values.update(load_yaml_config(config_file))
-    for name, value in ns.items():
-        if FIELDS[name].metadata["kind"] == "dict" and isinstance(values.get(name), dict):
-            value = {**values[name], **value}
-        values[name] = value
+    values = load_yaml_config(config_file) if config_file is not None else {}
+    values = _merge(values, ns)
+    if _convert("resume", values.get("resume")) is not None:
+        values = _resumed_settings(values)
     return make_config(**values)

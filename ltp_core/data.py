@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader", "DataError", "ImageDatasets", "DATASETS",
            "build_datasets", "imagenet_folder", "imagenet_transforms", "cifar10_folder", "SyntheticImages",
-           "synthetic_images", "digits_images", "image_sizes"]
+           "synthetic_images", "digits_images", "image_sizes", "read_image"]
 
 
 @dataclass
@@ -155,11 +155,30 @@ def imagenet_transforms(train_crop_size: int = 224, val_resize_size: int = 256, 
     return train, val
 
 
+def read_image(path: str):
+    """An image file as an RGB PIL image (torchvision's `default_loader`), for `ImageFolder`. A
+    file that cannot be read (not an image, damaged, unreadable) is a DataError naming it: it
+    surfaces mid-epoch, often in a DataLoader worker, where PIL's own error would not say
+    which file of the dataset it was."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read {path}: not an image PIL recognizes (a damaged or misnamed file); "
+                        "replace or delete it") from None
+    except OSError as e:  # truncated image, permission denied, gone since the folder was listed
+        reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot read {path}: {reason}; replace or delete it") from None
+
+
 def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_resize_size: int = 256,
                     val_crop_size: int = 224, interpolation: str = "bilinear") -> ImageDatasets:
     """ImageNet (or any dataset) in the ImageFolder layout: `path/train/<class>/*.JPEG` and
     `path/val/<class>/*.JPEG` with the same class folders, read with torchvision's
-    `ImageFolder` and the standard transforms. Labels are the sorted class folder names."""
+    `ImageFolder` and the standard transforms. Labels are the sorted class folder names. An
+    image that cannot be read raises DataError naming it when it is read (`read_image`)."""
     from torchvision.datasets import ImageFolder
 
     root = Path(path).expanduser()
@@ -174,7 +193,7 @@ def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_res
     splits = {}
     for split, tf in (("train", train_tf), ("val", val_tf)):
         try:
-            splits[split] = ImageFolder(str(root / split), transform=tf)
+            splits[split] = ImageFolder(str(root / split), transform=tf, loader=read_image)
         except (FileNotFoundError, OSError) as e:
             raise DataError(f"{root / split} is malformed: {str(e).strip()} Expected {layout}") from None
     train, val = splits["train"], splits["val"]
@@ -186,10 +205,7 @@ def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_res
                         f"{only_val[:5]}{' ...' if len(only_val) > 5 else ''}")
     if len(train.classes) < 2:
         raise DataError(f"{root / 'train'} has {len(train.classes)} class folder; a classifier needs at least 2")
-    try:
-        shape = tuple(val[0][0].shape)
-    except OSError as e:
-        raise DataError(f"cannot read {val.samples[0][0]} as an image ({e})") from None
+    shape = tuple(val[0][0].shape)  # read_image: a DataError naming the file when it cannot be read
     return ImageDatasets(train, val, list(train.classes), shape)
 
 

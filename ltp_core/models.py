@@ -6,13 +6,14 @@ any torchvision classification model, or timm's MixNets, by name.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from torch import nn
 
 __all__ = ["mlp", "small_cnn", "CifarResNet", "cifar_resnet", "resnet20", "resnet32", "resnet44", "resnet56",
-           "resnet110", "get_model", "model_names", "torchvision_models", "MIN_INPUT_SIZES", "min_input_size",
-           "check_input_size"]
+           "resnet110", "get_model", "model_names", "model_options", "torchvision_models", "MIN_INPUT_SIZES",
+           "min_input_size", "check_input_size"]
 
 
 def mlp(in_features: int = 64, hidden: Sequence[int] = (256, 128), num_classes: int = 10,
@@ -181,6 +182,37 @@ PROJECT_MODELS = {
 }
 
 TIMM_MODELS = ("mixnet_s", "mixnet_m", "mixnet_l", "mixnet_xl")
+
+# What each project builder passes its options on to (the CIFAR ResNets' depth is their name's).
+_PROJECT_CONSTRUCTORS = {"mlp": mlp, "small_cnn": small_cnn,
+                         **{name: CifarResNet for name in PROJECT_MODELS if name.startswith("resnet")}}
+# Constructor arguments get_model fills in itself, from the dataset and the model's name.
+_SET_BY_GET_MODEL = {"num_classes", "in_channels", "in_features", "image_size", "depth"}
+
+
+def model_options(name: str) -> list[str] | None:
+    """The option names `get_model(name, ..., **options)` passes on to model `name`'s
+    constructor: its keyword arguments with a default, less those get_model sets itself
+    (torchvision's architecture arguments, without a default, are fixed by the model's name).
+    None where the constructor is not known from the name (timm, unknown models)."""
+    import inspect
+    import typing
+
+    constructor = _PROJECT_CONSTRUCTORS.get(name)
+    if constructor is None and name in torchvision_models():
+        import torchvision
+
+        # torchvision's builders take **kwargs for their model class, named by the return annotation.
+        with contextlib.suppress(Exception):
+            constructor = typing.get_type_hints(torchvision.models.get_model_builder(name)).get("return")
+    if not callable(constructor):
+        return None
+    try:
+        params = inspect.signature(constructor).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in params if p.default is not p.empty and p.name not in _SET_BY_GET_MODEL
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 # -- input sizes ---------------------------------------------------------------------------

@@ -23,10 +23,13 @@ Python). One run:
    (`trail.json`, plus a hard-pruned checkpoint `trail/step_*.pt`).
 5. after every epoch `checkpoint.pth` (model, optimizer, scheduler, scaler, epoch, step, args,
    every process's RNG state, the trail) is written to a temporary file and renamed; `--resume`
-   restores all of it, so the continued run is the run that was interrupted. It refuses to
-   change a setting those states carry (optimizer, learning rate and schedule, method options;
+   restores all of it, so the continued run is the run that was interrupted: the settings not
+   given take the checkpoint's values (`ltp_core.cli.parse_args`), and a given one that changes
+   what those states carry (optimizer, learning rate and schedule, method options, seed;
    `--epochs` too where a schedule is built for the run's length), which the checkpoint would
-   otherwise override without a word, and to write into a folder holding another run. Another
+   otherwise override without a word, is refused, as is writing into a folder holding another
+   run. Resumed into another folder, the trail's records keep naming the old run's hard-pruned
+   checkpoints (by absolute path). Another
    --batch-size or number of processes (so another number of steps per epoch) is allowed: the
    learning rate steps per epoch and the methods' schedules continue at the epoch reached
    (`_Run.schedule_step`), unless a method option counts optimizer steps (then it is refused).
@@ -54,12 +57,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .cli import (PROG, TrainConfig, UsageError, config_to_dict, flag_name, method_options, parse_args,
-                  schedule_fixes_epochs)
+from .cli import (CHECKPOINT, CHECKPOINT_KEYS, PROG, TrainConfig, UsageError, checkpoint_path, config_to_dict,
+                  flag_name, method_options, output_folder, parse_args, read_checkpoint, schedule_fixes_epochs)
 from .data import DataError, ImageDatasets, build_datasets, image_sizes
 from .denormals import flush_denormals
 from .flops import count_flops
-from .models import PROJECT_MODELS, check_input_size, get_model, min_input_size
+from .models import PROJECT_MODELS, check_input_size, get_model, min_input_size, model_options
 from .pretrained import first_line, load_pretrained
 from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
 from .pruner import LTP, prunable_layers
@@ -67,13 +70,12 @@ from .trail import Trail, atomic_save, atomic_write_bytes, format_compression
 
 __all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
 
-CHECKPOINT = "checkpoint.pth"
-CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
 # Settings whose effect a checkpoint carries (in the model, optimizer, schedule and method
-# states it restores): --resume refuses to change them.
+# states it restores; --seed: the random states, and it keeps seeding every epoch's data order
+# and the synthetic images): --resume refuses to change them.
 RESUME_FIXED = ("model_opt", "synthetic_classes", "opt", "lr", "momentum", "weight_decay", "lr_scheduler",
                 "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method", "lr_warmup_decay",
-                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity")
+                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity", "seed")
 AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
 
 
@@ -99,6 +101,38 @@ def _logits(out: Any) -> tuple[Tensor, list[Tensor]]:
     if isinstance(out, (tuple, list)):
         return out[0], [o for o in out[1:] if o is not None]
     return out, []
+
+
+def _output_dir_problem(folder: Path) -> str | None:
+    """Why the output folder `folder` cannot be used or created, found without creating it
+    (a failed start leaves nothing behind): a file where it or a parent should be, or an
+    unwritable parent. None when it looks fine."""
+    for parent in (folder, *folder.parents):  # down to the nearest one that exists
+        if parent.exists():
+            if parent == folder:
+                return None if folder.is_dir() else f"--output-dir {folder} is a file, not a folder"
+            if not parent.is_dir():
+                return f"--output-dir {folder}: cannot create it, {parent} is a file, not a folder"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"--output-dir {folder}: cannot create it, {parent} is not writable"
+            return None
+    return None
+
+
+def _inherited_records(records: list[dict[str, Any]], source: Path, out: Path) -> list[dict[str, Any]]:
+    """The trail records of a checkpoint in folder `source`, for a run that writes into `out`.
+    Their hard-pruned checkpoints are named relative to the run's folder: resumed into another
+    folder, they name the files in `source` by absolute path (None where a file is missing, so
+    ltp-pick passes over the record instead of failing on it)."""
+    if source.resolve() == out.resolve():
+        return list(records)
+    inherited = []
+    for r in records:
+        if r.get("checkpoint"):
+            file = (source / r["checkpoint"]).resolve()
+            r = {**r, "checkpoint": str(file) if file.is_file() else None}
+        inherited.append(r)
+    return inherited
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -128,9 +162,10 @@ class _Run:
             if cfg.amp and cfg.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
                 raise UsageError("--amp-dtype bf16: this GPU does not support bfloat16; use --amp-dtype fp16")
         self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
-        self.out = Path(cfg.output_dir or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}")
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"--output-dir {self.out} is a file, not a folder")
+        self.out = output_folder(cfg.output_dir, cfg.dataset, cfg.model, cfg.method)
+        problem = _output_dir_problem(self.out)
+        if problem:
+            raise UsageError(problem)
         if cfg.sync_bn and procs.distributed and self.device.type != "cuda":
             raise UsageError(f"--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); this run's device is "
                              f"{self.device.type}: drop --sync-bn")
@@ -172,8 +207,10 @@ class _Run:
         try:
             model = get_model(cfg.model, self.data.num_classes, in_channels=c, **{"image_size": h, **cfg.model_opt})
         except (ValueError, TypeError) as e:
-            raise UsageError(f"--model {cfg.model}: {first_line(e)}") from None
-        if cfg.pretrained:
+            valid = model_options(cfg.model) if "unexpected keyword argument" in str(e) else None
+            hint = f"; valid --model-opt names: {', '.join(valid) or '(none)'}" if valid is not None else ""
+            raise UsageError(f"--model {cfg.model}: {first_line(e)}{hint}") from None
+        if cfg.pretrained and resume_path is None:  # resumed: the checkpoint holds the weights
             self.notes.append("pretrained: " + load_pretrained(model, cfg.pretrained, self.data.num_classes))
         if cfg.sync_bn and procs.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -194,7 +231,12 @@ class _Run:
         else:  # every process its own stream for augmentation and dropout (the init above was shared)
             seed_all(cfg.seed * 100_003 + procs.rank)
         if procs.main and not cfg.test_only:
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # what _output_dir_problem cannot foresee (/proc, a full or read-only disk)
+                raise UsageError(f"--output-dir {self.out}: cannot create it ({e.strerror or first_line(e)})") from None
+            if resume_path is not None:
+                self.trail.save()  # drop records written after the checkpoint (a crash in between)
             import yaml
 
             # The settings that made this run: `--config args.yaml` runs it again (a resumed run's
@@ -316,29 +358,11 @@ class _Run:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _resume_path(self) -> Path | None:
-        r = self.cfg.resume
-        if r is None:
-            return None
-        path = self.out / CHECKPOINT if r == "auto" else Path(r)
-        if path.is_dir():
-            path = path / CHECKPOINT
-        if not path.is_file():
-            stopped = r == "auto" and (self.out / "trail.json").exists()
-            raise UsageError(f"--resume: no checkpoint at {path}" + (
-                " (the run there stopped before its first checkpoint: delete the folder to start again)"
-                if stopped else ""))
-        return path
+        return None if self.cfg.resume is None else checkpoint_path(self.cfg.resume, self.out)
 
     def _load_checkpoint(self, path: Path) -> None:
         cfg = self.cfg
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UsageError(f"--resume: cannot read {path}: not a PyTorch checkpoint or damaged "
-                             f"({type(e).__name__}: {first_line(e)})") from None
-        lacking = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-        if lacking:
-            raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (it lacks {', '.join(lacking)})")
+        ckpt = read_checkpoint(path)
         saved = ckpt["args"]
         for key in ("dataset", "model", "method"):
             if saved.get(key) != getattr(cfg, key):
@@ -346,7 +370,8 @@ class _Run:
                                  f"{getattr(cfg, key)}")
         # The states restored below were built from these settings: a different value would be
         # overridden by the checkpoint without a word (or fail to load), and args.yaml would
-        # record a setting the run did not use.
+        # record a setting the run did not use. Settings not given on the command line (or in
+        # --config) are the checkpoint's already (parse_args), so these are ones the user gave.
         fixed = RESUME_FIXED + (("epochs",) if schedule_fixes_epochs(cfg) else ())
         changed = [k for k in fixed if k in saved and saved[k] != getattr(cfg, k)]
         if changed:
@@ -355,6 +380,8 @@ class _Run:
                              + ", ".join(f"{flag_name(k)} {getattr(cfg, k)}" for k in changed)
                              + ". A resumed run keeps the checkpoint's optimizer, schedule and method state"
                              + (" (its schedule is built for the run's --epochs)" if "epochs" in changed else "")
+                             + (" and its random states (--seed also orders every epoch's data)"
+                                if "seed" in changed else "")
                              + ": drop those flags, or start a new run in another --output-dir")
         self._check_step_scale(ckpt, path)
         try:
@@ -369,7 +396,11 @@ class _Run:
             raise UsageError(f"--resume: {path} does not fit this run ({first_line(e)})") from None
         self.epoch = self.checkpoint_epoch = int(ckpt["epoch"])
         self.step = int(ckpt["step"])
-        self.trail.records = list(ckpt["trail"])
+        self.trail.records = _inherited_records(ckpt["trail"], path.parent, self.out)
+        lost = sum(bool(a.get("checkpoint")) and not b.get("checkpoint") for a, b in zip(ckpt["trail"], self.trail))
+        if lost:
+            self.notes.append(f"resume: {lost} trail record(s) name hard-pruned checkpoints that are not in "
+                              f"{path.parent}; ltp-pick passes over them")
         rng = ckpt["rng"]
         if len(rng) == self.procs.world:
             set_rng_state(rng[self.procs.rank], self.device)
@@ -377,8 +408,6 @@ class _Run:
             seed_all(cfg.seed * 100_003 + self.procs.rank + 7919 * self.epoch)
             self.notes.append(f"resume: the checkpoint has RNG states of {len(rng)} processes, this run has "
                               f"{self.procs.world}: data order and augmentation differ from the original run")
-        if self.trail.directory is not None:
-            self.trail.save()  # drop records written after the checkpoint (a crash in between)
         self.notes.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
 
     def _check_step_scale(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -660,6 +689,10 @@ def main(argv: list[str] | None = None) -> int:
         if show_traceback:
             raise
         return fail(str(e), 2)
+    except DataError as e:  # a dataset file that cannot be read mid-run (the checkpoint stays as it was)
+        if show_traceback:
+            raise
+        return fail(first_line(e), 2)
     except PeerFailed as e:
         return fail(str(e), 1)
     except TrainingDiverged as e:

@@ -278,10 +278,9 @@ def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    assert f"--resume: cannot read {garbage}: not a PyTorch checkpoint or damaged" in _one_line_error(
-        capsys, _synthetic(run, "--resume", str(garbage)))
-    assert f"--pretrained: cannot read {garbage} as PyTorch weights" in _one_line_error(
-        capsys, _synthetic(run, "--pretrained", str(garbage)))
+    for flag in ("--resume", "--pretrained"):  # without torch's advice to load it with weights_only=False
+        assert _one_line_error(capsys, _synthetic(run, flag, str(garbage))) == \
+            f"ltp-train: error: {flag}: {garbage} is not a PyTorch checkpoint, or it is damaged"
     torch.save({"model": {}}, tmp_path / "partial.pth")
     assert "is not an ltp-train checkpoint (it lacks optimizer" in _one_line_error(
         capsys, _synthetic(run, "--resume", str(tmp_path / "partial.pth")))
@@ -325,6 +324,107 @@ def test_resume_refuses_settings_the_checkpoint_fixes(tmp_path, capsys):
     assert f"{run} already holds a run (checkpoint.pth); resuming {tmp_path / 'cosine' / 'checkpoint.pth'} there" \
         in _one_line_error(capsys, [*cosine, "--output-dir", str(run), "--resume", str(tmp_path / "cosine")])
     assert _md5s(run) == before
+
+
+def test_resume_takes_the_settings_not_given_from_the_checkpoint(tmp_path, capsys):
+    """A resumed run is the run it continues: what the command line leaves out is the
+    checkpoint's, not the default; only given flags are checked against it."""
+    run = tmp_path / "run"
+    assert train.main(_synthetic(run, "--model", "small_cnn")) == 0
+    assert train.main(["--output-dir", str(run), "--resume", "--test-only"]) == 0
+    # lr, scheduler, seed ... left out: not "changed" to their defaults
+    assert train.main(["--dataset", "synthetic", "--model", "small_cnn", "-b", "16", "--output-dir", str(run),
+                       "--resume", "--test-only"]) == 0
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["--output-dir", str(run), "--resume", "--lr", "0.1"])
+    assert "was trained with --lr 0.05; this run sets --lr 0.1. A resumed run" in err and "drop those flags" in err
+    # --seed seeds every epoch's data order (and these synthetic images): not silently ignored
+    assert "was trained with --seed 0; this run sets --seed 3" in _one_line_error(
+        capsys, ["--output-dir", str(run), "--resume", "--seed", "3"])
+    # a run folder without --output-dir continues in place; args.yaml records what the run used
+    assert train.main(["--resume", str(run), "--epochs", "2"]) == 0
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert (args["dataset"], args["model"], args["lr"], args["batch_size"], args["epochs"], args["output_dir"],
+            args["resume"]) == ("synthetic", "small_cnn", 0.05, 8, 2, str(run), None)
+    assert train.main(["--config", str(run / "args.yaml"), "--resume", "--epochs", "3"]) == 0
+    assert _checkpoint(run)["epoch"] == 3 and len(Trail.load(run)) == 4
+    cfg = parse_args(["--output-dir", str(run), "--resume", "--method-opt", "init_threshold=0"])
+    assert cfg.method_opt == {"init_threshold": 0} and cfg.synthetic_size == 16 and cfg.resume == "auto"
+
+
+def test_resumed_into_another_folder_the_trail_finds_its_checkpoints(tmp_path, capsys):
+    """The inherited records name the old run's trail/step_*.pt by absolute path, so ltp-pick
+    picks from the new folder; its ltp-sparse output is a --pretrained file."""
+    from ltp_core import pick
+    from ltp_core.sparse_file import load_sparse
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert train.main(_synthetic(old, "--model", "small_cnn")) == 0
+    assert train.main(["--resume", str(old), "--output-dir", str(new), "--epochs", "2"]) == 0
+    trail = Trail.load(new)
+    assert [r["checkpoint"] for r in trail] == [str(old / "trail" / "step_00000000.pt"),
+                                                str(old / "trail" / "step_00000002.pt"), "trail/step_00000004.pt"]
+    for record in trail:
+        assert set(trail.load_checkpoint(record)) == set(Trail.load(old).load_checkpoint(Trail.load(old)[0]))
+    capsys.readouterr()
+    picked = tmp_path / "picked.ltps"
+    assert pick.main([str(new), "--max-sparsity", "0", "--out", str(picked), "--sparse"]) == 0
+    assert capsys.readouterr().out.startswith("picked step 0 ")  # the dense start, a record of the old run
+    result = train.run(parse_args(_synthetic(tmp_path / "eval", "--model", "small_cnn", "--method", "none",
+                                             "--pretrained", str(picked), "--test-only")))
+    assert f"loaded 14 tensors from {picked}" in capsys.readouterr().out
+    for key, value in load_sparse(picked).items():
+        assert torch.equal(result.model.state_dict()[key], value), key
+
+
+def test_unreadable_image_is_one_line_naming_it(tiny_imagenet, tmp_path, capsys):
+    """A damaged image found mid-epoch, in the main process or a DataLoader worker: one line
+    naming the file, exit status 2, the checkpoint left as it was."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_imagenet, data)
+    flags = ["--dataset", "imagenet", "--data-path", str(data), *TINY, "--model", "small_cnn", "--method", "none",
+             "--epochs", "1", "-b", "8", "-j", "0", "--device", "cpu", "--no-progress"]
+    assert train.main([*flags, "--output-dir", str(run)]) == 0
+    bad = data / "train" / "n00000002" / "zz_bad.JPEG"
+    bad.write_bytes(b"notajpeg\n")
+    before = _md5s(run)
+    expected = f"ltp-train: error: cannot read {bad}: not an image PIL recognizes"
+    # 25 images, 5 per batch: every image is read
+    assert _one_line_error(capsys, ["--output-dir", str(run), "--resume", "--epochs", "2", "-b", "5",
+                                    "-j", "2"]).startswith(expected)
+    assert _md5s(run)["checkpoint.pth"] == before["checkpoint.pth"]
+    assert _one_line_error(capsys, [*flags, "-b", "5", "--output-dir", str(tmp_path / "fresh")]).startswith(expected)
+
+
+def test_output_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _one_line_error(capsys, _synthetic(tmp_path / "file" / "sub")) == (
+        f"ltp-train: error: --output-dir {tmp_path / 'file' / 'sub'}: cannot create it, {tmp_path / 'file'} is a "
+        "file, not a folder")
+    if Path("/proc/self").is_dir():  # a folder nobody can create anything in, root included
+        assert _one_line_error(capsys, _synthetic(Path("/proc/nope"), "--model", "small_cnn")).startswith(
+            "ltp-train: error: --output-dir /proc/nope: cannot ")
+
+
+def test_clear_errors_for_weights_files_and_options(tmp_path, capsys):
+    import argparse
+
+    run = tmp_path / "run"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "reference.pth")
+    assert "holds a Python object (argparse.Namespace) that weights_only loading refuses" in _one_line_error(
+        capsys, _synthetic(run, "--pretrained", str(tmp_path / "reference.pth")))
+    (tmp_path / "weights").mkdir()
+    assert f"--pretrained: {tmp_path / 'weights'} is a folder; give a weights file" in _one_line_error(
+        capsys, _synthetic(run, "--pretrained", str(tmp_path / "weights")))
+    assert "unexpected keyword argument 'bogus'; valid --model-opt names: channels, batch_norm" in _one_line_error(
+        capsys, _synthetic(run, "--model", "small_cnn", "--model-opt", "bogus=1"))
+    err = _one_line_error(capsys, _synthetic(run, "--method", "none", "--target-sparsity", "0.5"))
+    assert err.endswith("this run uses --method none; dense training prunes nothing: drop it, or choose --method ltp")
+    assert not run.exists()
+    from ltp_core.models import model_options
+
+    assert model_options("resnet20") == ["shortcut"] and model_options("mlp") == ["hidden", "batch_norm"]
+    assert "zero_init_residual" in model_options("resnet18") and model_options("no_such_model") is None
 
 
 def _crash_at_epoch(monkeypatch, epoch: int) -> None:
