@@ -394,7 +394,10 @@ class _Run:
                 self.method.load_state_dict(ckpt["method"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f"--resume: {path} does not fit this run ({first_line(e)})") from None
-        self.epoch = self.checkpoint_epoch = int(ckpt["epoch"])
+        self.epoch = int(ckpt["epoch"])
+        # the checkpoint in this run's folder, if that is where it was read from (resumed into
+        # another folder, this run has written none yet)
+        self.checkpoint_epoch = self.epoch if path.resolve() == (self.out / CHECKPOINT).resolve() else None
         self.step = int(ckpt["step"])
         self.trail.records = _inherited_records(ckpt["trail"], path.parent, self.out)
         lost = sum(bool(a.get("checkpoint")) and not b.get("checkpoint") for a, b in zip(ckpt["trail"], self.trail))

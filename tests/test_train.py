@@ -375,6 +375,11 @@ def test_resumed_into_another_folder_the_trail_finds_its_checkpoints(tmp_path, c
     assert f"loaded 14 tensors from {picked}" in capsys.readouterr().out
     for key, value in load_sparse(picked).items():
         assert torch.equal(result.model.state_dict()[key], value), key
+    # a finished run resumed into another folder: nothing left to train, no checkpoint written there
+    capsys.readouterr()
+    assert train.main(["--resume", str(old), "--output-dir", str(tmp_path / "done")]) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if "done;" in line]
+    assert done and "checkpoint" not in done[0] and not (tmp_path / "done" / "checkpoint.pth").exists()
 
 
 def test_unreadable_image_is_one_line_naming_it(tiny_imagenet, tmp_path, capsys):
