@@ -37,16 +37,13 @@ from .data import DATASETS, INTERPOLATIONS
 
 __all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
            "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "output_folder",
-           "checkpoint_path", "read_checkpoint", "CHECKPOINT", "CHECKPOINT_KEYS", "LR_SCHEDULERS", "OPTIMIZERS",
-           "AMP_DTYPES"]
+           "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
 
 PROG = "ltp-train"
 LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")
 WARMUP_METHODS = ("constant", "linear")
 OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
 AMP_DTYPES = ("bf16", "fp16")
-CHECKPOINT = "checkpoint.pth"  # a run's checkpoint, in its output folder
-CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
 
 
 class UsageError(Exception):
@@ -472,35 +469,6 @@ def output_folder(output_dir: str, dataset: str, model: str, method: str) -> Pat
     return Path(output_dir or f"runs/{dataset}-{model}-{method}")
 
 
-def checkpoint_path(resume: str, out: Path) -> Path:
-    """The checkpoint file `--resume resume` names: `out`/checkpoint.pth for "auto" (the flag
-    without a value), a run folder's checkpoint.pth, or the file itself. UsageError when there
-    is none."""
-    path = out / CHECKPOINT if resume == "auto" else Path(resume)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        stopped = resume == "auto" and (out / "trail.json").exists()
-        raise UsageError(f"--resume: no checkpoint at {path}" + (
-            " (the run there stopped before its first checkpoint: delete the folder to start again)"
-            if stopped else ""))
-    return path
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The `ltp-train` checkpoint at `path` (loaded with weights_only=True, on the CPU).
-    UsageError when it is not one."""
-    from .pretrained import load_torch_file  # pretrained.py imports this module
-
-    ckpt = load_torch_file(path, "--resume")
-    lacking = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if lacking:
-        raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (it lacks {', '.join(lacking)})")
-    if not isinstance(ckpt["args"], dict):
-        raise UsageError(f"--resume: {path} is not an {PROG} checkpoint (its args are not a mapping of settings)")
-    return ckpt
-
-
 def _merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """`given` over `base`; mappings (--method-opt, --model-opt) are merged key by key."""
     out = dict(base)
@@ -516,6 +484,8 @@ def _resumed_settings(given: dict[str, Any]) -> dict[str, Any]:
     its checkpoint: what the user leaves out stays as the run had it. Without --output-dir a
     run folder's checkpoint is continued in that folder. UsageError for a checkpoint that cannot
     be read, or a missing one when `given` alone is not a whole configuration."""
+    from .checkpoint import CHECKPOINT, checkpoint_path, read_checkpoint  # checkpoint.py imports this module
+
     key = {n: _convert(n, given[n]) if n in given else FIELDS[n].default
            for n in ("resume", "output_dir", "dataset", "model", "method")}
     try:

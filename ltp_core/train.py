@@ -57,8 +57,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .cli import (CHECKPOINT, CHECKPOINT_KEYS, PROG, TrainConfig, UsageError, checkpoint_path, config_to_dict,
-                  flag_name, method_options, output_folder, parse_args, read_checkpoint, schedule_fixes_epochs)
+from .checkpoint import (CHECKPOINT, CHECKPOINT_KEYS, check_settings, checkpoint_path, inherited_records,
+                         read_checkpoint, step_scale_note)
+from .cli import PROG, TrainConfig, UsageError, config_to_dict, method_options, output_folder, parse_args
 from .data import DataError, ImageDatasets, build_datasets, image_sizes
 from .denormals import flush_denormals
 from .flops import count_flops
@@ -70,12 +71,6 @@ from .trail import Trail, atomic_save, atomic_write_bytes, format_compression
 
 __all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
 
-# Settings whose effect a checkpoint carries (in the model, optimizer, schedule and method
-# states it restores; --seed: the random states, and it keeps seeding every epoch's data order
-# and the synthetic images): --resume refuses to change them.
-RESUME_FIXED = ("model_opt", "synthetic_classes", "opt", "lr", "momentum", "weight_decay", "lr_scheduler",
-                "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method", "lr_warmup_decay",
-                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity", "seed")
 AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
 
 
@@ -117,22 +112,6 @@ def _output_dir_problem(folder: Path) -> str | None:
                 return f"--output-dir {folder}: cannot create it, {parent} is not writable"
             return None
     return None
-
-
-def _inherited_records(records: list[dict[str, Any]], source: Path, out: Path) -> list[dict[str, Any]]:
-    """The trail records of a checkpoint in folder `source`, for a run that writes into `out`.
-    Their hard-pruned checkpoints are named relative to the run's folder: resumed into another
-    folder, they name the files in `source` by absolute path (None where a file is missing, so
-    ltp-pick passes over the record instead of failing on it)."""
-    if source.resolve() == out.resolve():
-        return list(records)
-    inherited = []
-    for r in records:
-        if r.get("checkpoint"):
-            file = (source / r["checkpoint"]).resolve()
-            r = {**r, "checkpoint": str(file) if file.is_file() else None}
-        inherited.append(r)
-    return inherited
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -363,27 +342,10 @@ class _Run:
     def _load_checkpoint(self, path: Path) -> None:
         cfg = self.cfg
         ckpt = read_checkpoint(path)
-        saved = ckpt["args"]
-        for key in ("dataset", "model", "method"):
-            if saved.get(key) != getattr(cfg, key):
-                raise UsageError(f"--resume: {path} is a --{key} {saved.get(key)} run, this one is --{key} "
-                                 f"{getattr(cfg, key)}")
-        # The states restored below were built from these settings: a different value would be
-        # overridden by the checkpoint without a word (or fail to load), and args.yaml would
-        # record a setting the run did not use. Settings not given on the command line (or in
-        # --config) are the checkpoint's already (parse_args), so these are ones the user gave.
-        fixed = RESUME_FIXED + (("epochs",) if schedule_fixes_epochs(cfg) else ())
-        changed = [k for k in fixed if k in saved and saved[k] != getattr(cfg, k)]
-        if changed:
-            raise UsageError(f"--resume: {path} was trained with "
-                             + ", ".join(f"{flag_name(k)} {saved[k]}" for k in changed) + "; this run sets "
-                             + ", ".join(f"{flag_name(k)} {getattr(cfg, k)}" for k in changed)
-                             + ". A resumed run keeps the checkpoint's optimizer, schedule and method state"
-                             + (" (its schedule is built for the run's --epochs)" if "epochs" in changed else "")
-                             + (" and its random states (--seed also orders every epoch's data)"
-                                if "seed" in changed else "")
-                             + ": drop those flags, or start a new run in another --output-dir")
-        self._check_step_scale(ckpt, path)
+        check_settings(ckpt["args"], cfg, path)
+        note = step_scale_note(ckpt, cfg, self.steps_per_epoch, self.procs.world, path)
+        if note:
+            self.notes.append(note)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -399,7 +361,7 @@ class _Run:
         # another folder, this run has written none yet)
         self.checkpoint_epoch = self.epoch if path.resolve() == (self.out / CHECKPOINT).resolve() else None
         self.step = int(ckpt["step"])
-        self.trail.records = _inherited_records(ckpt["trail"], path.parent, self.out)
+        self.trail.records = inherited_records(ckpt["trail"], path.parent, self.out)
         lost = sum(bool(a.get("checkpoint")) and not b.get("checkpoint") for a, b in zip(ckpt["trail"], self.trail))
         if lost:
             self.notes.append(f"resume: {lost} trail record(s) name hard-pruned checkpoints that are not in "
@@ -413,42 +375,10 @@ class _Run:
                               f"{self.procs.world}: data order and augmentation differ from the original run")
         self.notes.append(f"resumed from {path} at epoch {self.epoch}, step {self.step}")
 
-    def _check_step_scale(self, ckpt: dict[str, Any], path: Path) -> None:
-        """A resumed run may have another number of optimizer steps per epoch than the
-        checkpoint's (another --batch-size, number of processes or dataset size). The
-        learning-rate schedule steps per epoch and the methods' schedules are built from
-        --epochs at this run's scale and told the step on it (`schedule_step`), so they continue
-        at the epoch they had reached; only a method option given in optimizer steps
-        (STEP_OPTIONS: a start, an end, a length) cannot follow: such a resume is refused."""
-        cfg, saved = self.cfg, ckpt["args"]
-        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        # Checkpoints before steps_per_epoch was saved: every epoch had the same number of steps.
-        before = ckpt.get("steps_per_epoch", step // epoch if epoch else None)
-        now = self.steps_per_epoch
-        if before is None or int(before) == now or cfg.test_only:
-            return
-        before, world = int(before), int(ckpt.get("world_size", len(ckpt["rng"])))
-        scale = (f"{before} optimizer steps per epoch (-b/--batch-size {saved.get('batch_size')} x {world} "
-                 f"process(es)); this run has {now} (--batch-size {cfg.batch_size} x {self.procs.world} process(es))")
-        from . import methods
-
-        step_options = getattr(methods.METHODS.get(cfg.method), "STEP_OPTIONS", ())
-        given = [k for k in step_options if cfg.method_opt.get(k) not in (None, 0)]
-        if given:
-            raise UsageError(f"--resume: {path} was trained with {scale}. --method {cfg.method}'s "
-                             + ", ".join(f"{k}={cfg.method_opt[k]}" for k in given)
-                             + " counts optimizer steps, so its schedule would move to other epochs: resume with "
-                             f"--batch-size {saved.get('batch_size')} on {world} process(es), or start a new run in "
-                             "another --output-dir")
-        self.notes.append(f"resume: {path} was trained with {scale}; the schedules continue from epoch {epoch} "
-                          f"(step {epoch * now} at this run's scale; the trail keeps counting optimizer steps); "
-                          "rates per step (--lr, momentum, LTP's target_pace) now act on a different number of "
-                          "steps per epoch")
-
     def schedule_step(self, done_this_epoch: int) -> int:
         """The step the methods' schedules are at after `done_this_epoch` steps of this epoch:
         optimizer steps done had every epoch had this run's steps per epoch. It equals
-        `self.step` unless the run was resumed with another (see `_check_step_scale`)."""
+        `self.step` unless the run was resumed with another (see `checkpoint.step_scale_note`)."""
         return self.epoch * self.steps_per_epoch + done_this_epoch
 
     def save_checkpoint(self) -> None:
