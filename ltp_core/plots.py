@@ -179,7 +179,7 @@ def trail_curves(runs: Runs, y: str | Sequence[str] = "sparsity", *, x: str = "e
             bx, by = _xy(earlier, x, key)
             rx, ry = _xy(recs, x, key, offset)
             ax.plot(bx + rx, by + ry, marker=marker, ms=4, color=_color(color, label),
-                    label=label if len(keys) * len(runs_) > 1 else None)
+                    label=label if run is not None or len(keys) > 1 else None)  # {label: run}: always named
     if target is not None:
         mark_target(ax, target, tolerance, label=target_label)
     if dense is not None:
@@ -216,7 +216,7 @@ def trail_tradeoff(runs: Runs, y: str | Sequence[str] = "hard_accuracy", *, x: s
             xs, ys = _xy(recs, x, key)
             if not color_by_epoch:
                 ax.plot(xs, ys, marker="o", ms=3, lw=1, color=_color(color, label),
-                        label=label if len(keys) * len(runs_) > 1 else None)
+                        label=label if run is not None or len(keys) > 1 else None)
                 continue
             ax.plot(xs, ys, color="grey", lw=0.8, zorder=0)
             kept = [r for r in recs if _numeric(r.get(x)) and _numeric(r.get(key))]

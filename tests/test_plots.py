@@ -89,6 +89,10 @@ def test_trail_curves_several_keys_and_runs_name_their_lines():
     ax = plots.trail_curves({"a": make_trail(), "b": make_trail(3)}, "sparsity", color={"a": "red"})
     assert legend_texts(ax) == ["a", "b"] and ax.get_lines()[0].get_color() == "red"
     assert [len(l.get_xdata()) for l in ax.get_lines()] == [6, 3]
+    ax = plots.trail_curves({"only": make_trail()}, "sparsity")               # a mapping's run is named
+    assert legend_texts(ax) == ["only"]
+    ax = plots.trail_tradeoff({"ours: mobilenet_v2": make_trail()}, x="compression")
+    assert legend_texts(ax) == ["ours: mobilenet_v2"]
 
 
 def test_trail_curves_before_shifts_the_run_and_skips_missing_keys():
