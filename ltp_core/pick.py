@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .trail import Trail, atomic_save, format_compression
+from .trail import Trail, atomic_save, format_compression, write_target
 
 __all__ = ["pick_record", "pick_checkpoint", "format_record", "main", "PROG"]
 
@@ -122,15 +122,6 @@ def _finite(text: str) -> float:
     return value
 
 
-def _folder_in_the_way(path: Path) -> Path | None:
-    """The nearest existing ancestor of `path` when it is not a folder (a file where a folder
-    of the path must be), else None."""
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
-
-
 def _parser() -> argparse.ArgumentParser:
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):
@@ -166,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             out, run = Path(args.out).resolve(), Path(args.output_dir).resolve()
             if out in (run / "trail.json", run / "checkpoint.pth", run / "args.yaml") or out.parent == run / "trail":
                 raise ValueError(f"--out {args.out} is one of the run's own files; write the network elsewhere")
-            blocker = _folder_in_the_way(out)
-            if blocker is not None:
-                raise ValueError(f"--out {args.out}: {blocker} is a file, not a folder")
+            write_target(out)  # a file where a folder of --out should be: one line, before any work
         if args.list:
             for r in trail.records:
                 print(format_record(r, args.key) + ("" if r.get("checkpoint") else "  (no checkpoint)"))

@@ -30,14 +30,24 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
+def nearest_existing(path: str | os.PathLike) -> Path | None:
+    """`path`, or its nearest ancestor, that exists (None when none does)."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def write_target(path: str | os.PathLike) -> Path:
     """Where a write to `path` goes: a symlink's target (the link stays a link). An existing
-    folder is an IsADirectoryError naming it."""
+    folder is an IsADirectoryError naming it; a file where one of its folders should be, a
+    NotADirectoryError naming that file."""
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path")
+    blocker = nearest_existing(path.parent)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {blocker} is a file, not a folder")
     return path
 
 

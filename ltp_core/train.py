@@ -67,7 +67,7 @@ from .models import PROJECT_MODELS, check_input_size, get_model, min_input_size,
 from .pretrained import first_line, load_pretrained
 from .processes import PeerFailed, Procs, agree, all_reduce, init_processes, rng_state, seed_all, set_rng_state
 from .pruner import LTP, prunable_layers
-from .trail import Trail, atomic_save, atomic_write_bytes, format_compression
+from .trail import Trail, atomic_save, atomic_write_bytes, format_compression, nearest_existing
 
 __all__ = ["main", "run", "RunResult", "TrainingDiverged", "load_pretrained", "CHECKPOINT_KEYS"]
 
@@ -102,15 +102,15 @@ def _output_dir_problem(folder: Path) -> str | None:
     """Why the output folder `folder` cannot be used or created, found without creating it
     (a failed start leaves nothing behind): a file where it or a parent should be, or an
     unwritable parent. None when it looks fine."""
-    for parent in (folder, *folder.parents):  # down to the nearest one that exists
-        if parent.exists():
-            if parent == folder:
-                return None if folder.is_dir() else f"--output-dir {folder} is a file, not a folder"
-            if not parent.is_dir():
-                return f"--output-dir {folder}: cannot create it, {parent} is a file, not a folder"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"--output-dir {folder}: cannot create it, {parent} is not writable"
-            return None
+    parent = nearest_existing(folder)
+    if parent is None:
+        return None
+    if parent == folder:
+        return None if folder.is_dir() else f"--output-dir {folder} is a file, not a folder"
+    if not parent.is_dir():
+        return f"--output-dir {folder}: cannot create it, {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--output-dir {folder}: cannot create it, {parent} is not writable"
     return None
 
 
