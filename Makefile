@@ -34,7 +34,7 @@ CUDA_TESTS := tests/test_pruner.py tests/test_compile.py tests/test_baselines.py
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -m pytest -o addopts="-ra -p no:cacheprovider" -k "(cuda or gpu) and not run_on_cpu" $(CUDA_TESTS); \
 	tests=$$?; \
-	PYTHONPATH=. $(GPU_PYTHON) -m ltp_core.bench --preset gpu $(if $(BENCH_JSON),--output $(BENCH_JSON)); \
+	PYTHONPATH=. $(GPU_PYTHON) -m ltp_core.engine.bench --preset gpu $(if $(BENCH_JSON),--output $(BENCH_JSON)); \
 	bench=$$?; \
 	exit $$(( tests ? tests : bench ))
 

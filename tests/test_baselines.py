@@ -1,4 +1,4 @@
-"""The comparison methods of ltp_core.baselines and the registry in ltp_core.methods."""
+"""The comparison methods of ltp_core.methods and the registry in ltp_core.methods."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from ltp_core.baselines import (DSA, GDP, GMP, LATS, STR, GReg, L1Filter, Magnitude, channel_links,
+from ltp_core.methods import (DSA, GDP, GMP, LATS, STR, GReg, L1Filter, Magnitude, channel_links,
                                 gmp_sparsity, lats_schedule, magnitude_masks)
-from ltp_core.flops import layer_flops
+from ltp_core.core.flops import layer_flops
 from ltp_core.methods import METHODS, build, method_names
 from ltp_core.models import mlp, small_cnn
 
@@ -438,11 +438,11 @@ class Residual(nn.Module):
     (lambda: LATS(mlp(), total_steps=10, lr_schedule=[0.1] * 5), "lr_schedule has 5 entries"),
     (lambda: LATS(mlp(), total_steps=10, lr_schedule=-0.1), "learning rates must be > 0"),
     (lambda: LATS(mlp(), schedule="lats"), "needs total_steps"),
-    (lambda: STR(mlp(), threshold_weight_decay=-1.0), "threshold_weight_decay must be a number >= 0"),
+    (lambda: STR(mlp(), threshold_weight_decay=-1.0), "threshold_weight_decay must be a finite number >= 0"),
     (lambda: GReg(small_cnn(), variant=3), r"unknown GReg variant 3; allowed: \[1, 2\]"),
-    (lambda: GReg(small_cnn(), delta=-1e-4), "delta must be a number > 0"),
+    (lambda: GReg(small_cnn(), delta=-1e-4), "delta must be a finite number > 0"),
     (lambda: GReg(small_cnn(), ratio={"7": 0.5}), r"ratio names \['7'\]"),
-    (lambda: GDP(small_cnn(), lambda_=-1), "lambda_ must be a number >= 0"),
+    (lambda: GDP(small_cnn(), lambda_=-1), "lambda_ must be a finite number >= 0"),
     (lambda: L1Filter(small_cnn(), ratio=1.0), r"ratio must be a number in \[0, 1\)"),
     (lambda: L1Filter(small_cnn(), exclude=["7"]), "not layers whose channels can be removed"),
     (lambda: DSA(small_cnn(), example_input=torch.zeros(1, 1, 8, 8), budget=0.0), r"budget must be .* \(0, 1\]"),

@@ -1,11 +1,11 @@
-"""`python -m ltp_core.bench` runs end to end (one tiny step per variant; no timing asserted)."""
+"""`python -m ltp_core.engine.bench` runs end to end (one tiny step per variant; no timing asserted)."""
 import json
 
 import pytest
 import torch
 
-from ltp_core import bench
-from ltp_core.mask import fused_kernels_work
+from ltp_core.engine import bench
+from ltp_core.core.mask import fused_kernels_work
 
 
 def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):

@@ -72,14 +72,14 @@ def _assert_same_step(nets, pruners, x, y, threshold, atol):
 # -- the compiled mask kernels (mask.fused_soft_prune) as LTP's default for big layers ----------
 
 def _fused(w, tau, t0=0.1, exact=False):
-    from ltp_core.mask import fused_soft_prune
+    from ltp_core.core.mask import fused_soft_prune
 
     vs, l0s = fused_soft_prune([w], [tau], [t0], [exact])
     return vs[0], l0s[0]
 
 
 def _needs_compiler():
-    from ltp_core.mask import fused_kernels_work
+    from ltp_core.core.mask import fused_kernels_work
 
     if not fused_kernels_work("cpu"):
         pytest.skip("the compiled mask kernels do not build here (no C++ compiler?)")
@@ -94,7 +94,7 @@ def _two_layer_mlp():
 def test_default_compiles_every_layer_of_a_big_model_only_and_matches_eager():
     import copy
 
-    from ltp_core.mask import FUSED_MIN_WEIGHTS
+    from ltp_core.core.mask import FUSED_MIN_WEIGHTS
 
     _needs_compiler()
     small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
@@ -128,7 +128,7 @@ def test_flop_count_of_a_compiled_model():
 
 
 def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
-    from ltp_core.mask import SoftPrune, layer_temperature
+    from ltp_core.core.mask import SoftPrune, layer_temperature
 
     _needs_compiler()  # compiles both directions once, for dynamic sizes
     _fused(torch.randn(8, 4, requires_grad=True), torch.tensor(2e-3))[0].sum().backward()  # small layers' graph
@@ -160,7 +160,7 @@ def test_compiled_kernels_keep_the_weight_layout_and_never_recompile():
 def test_layers_grouped_in_one_call_match_eager_layer_by_layer(exact):
     # 19 layers of every kind at once: a group of FUSED_GROUP and padded ones, per size
     # class, equal sizes in several patterns, row-major and channels_last, one frozen weight.
-    from ltp_core.mask import FUSED_GROUP, SMALL_LAYER, SoftPrune, fused_soft_prune, layer_temperature
+    from ltp_core.core.mask import FUSED_GROUP, SMALL_LAYER, SoftPrune, fused_soft_prune, layer_temperature
 
     _needs_compiler()
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_layers_grouped_in_one_call_match_eager_layer_by_layer(exact):
 
 
 def test_without_a_working_compiler_the_default_falls_back_to_eager(monkeypatch):
-    from ltp_core import mask
+    from ltp_core.core import mask
 
     def broken(name):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nsecond line")
@@ -269,7 +269,7 @@ def test_compiled_kernels_under_autocast_stay_float32_and_never_recompile():
 
 
 def test_float64_weights_keep_float64_math():
-    from ltp_core.mask import SoftPrune, layer_temperature
+    from ltp_core.core.mask import SoftPrune, layer_temperature
 
     _needs_compiler()
     net = torch.nn.Linear(256, 256).double()
@@ -294,7 +294,7 @@ def test_cuda_big_model_runs_the_compiled_kernels_and_matches_eager():
 
     from torch.utils._triton import has_triton
 
-    from ltp_core.mask import fused_kernels_work
+    from ltp_core.core.mask import fused_kernels_work
 
     if not has_triton():
         pytest.skip("no Triton: on this GPU LTP runs the eager mask")

@@ -1,4 +1,4 @@
-"""Deployment (`ltp_core.export`): the plain state_dict of a finalized model, the compact
+"""Deployment (`ltp_core.deploy.export`): the plain state_dict of a finalized model, the compact
 sparse file (exact round trip, size that follows the nonzero count, safe loading, clear
 errors, atomic writes), ONNX export (skipped without onnx), and CSR inference."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 from ltp_core import LTP
-from ltp_core import export as ex
-from ltp_core.export import (SparseFormatError, SparseLinear, compare_inference, export_onnx, load_sparse,
+from ltp_core.deploy import export as ex
+from ltp_core.deploy.export import (SparseFormatError, SparseLinear, compare_inference, export_onnx, load_sparse,
                              onnx_available, onnx_forward, plain_state_dict, save_sparse, sparse_summary,
                              to_sparse_inference)
 from ltp_core.models import mlp, small_cnn

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ltp_core import hard_mask, layer_temperature, soft_mask, soft_prune
-from ltp_core.mask import SoftPrune
+from ltp_core.core.mask import SoftPrune
 
 torch.manual_seed(0)
 

@@ -1,8 +1,8 @@
 """The paper's numbers and the torchrun commands notebook 07 builds from settings."""
 import pytest
 
-from ltp_core.paper_results import PAPER_RESULTS, markdown_table
-from ltp_core.runs import command_config, train_command
+from ltp_core.teaching.paper import PAPER_RESULTS, markdown_table
+from ltp_core.teaching.runs import command_config, train_command
 
 
 def test_paper_headline_numbers():
@@ -33,7 +33,7 @@ def test_min_image_size_is_the_least_a_network_trains_on(model):
     import torch
 
     from ltp_core.models import get_model
-    from ltp_core.paper_results import min_image_size
+    from ltp_core.teaching.paper import min_image_size
 
     size = min_image_size(model)
     assert size > 32

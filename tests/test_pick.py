@@ -1,4 +1,4 @@
-"""`python -m ltp_core.pick` / `pick_record`: choosing a network from an ltp-train run's trail."""
+"""`python -m ltp_core.deploy.pick` / `pick_record`: choosing a network from an ltp-train run's trail."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from ltp_core.sparse_file import load_sparse
+from ltp_core.deploy.sparse_file import load_sparse
 from ltp_core.models import mlp
-from ltp_core.pick import main, pick_checkpoint, pick_record
-from ltp_core.trail import Trail
+from ltp_core.deploy.pick import main, pick_checkpoint, pick_record
+from ltp_core.core.trail import Trail
 
 # (step, sparsity, hard_accuracy, hard_top5): the run starts dense at 0.95 and gets sparser
 RECORDS = [(0, 0.0, 0.95, 0.99), (10, 0.5, 0.96, 0.99), (20, 0.8, 0.95, 0.99), (30, 0.9, 0.94, 0.985),
@@ -116,7 +116,7 @@ def test_missing_folder(tmp_path, capsys):
 
 def test_runs_as_a_module(run, tmp_path):
     out = tmp_path / "m.pth"
-    proc = subprocess.run([sys.executable, "-m", "ltp_core.pick", str(run), "--max-sparsity", "0.9", "--out",
+    proc = subprocess.run([sys.executable, "-m", "ltp_core.deploy.pick", str(run), "--max-sparsity", "0.9", "--out",
                            str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "picked step 10" in proc.stdout and out.is_file()  # the most accurate with <= 0.9

@@ -1,4 +1,4 @@
-"""ltp_core.plots draws what it is given: checked on the Agg backend through the artists, not images."""
+"""ltp_core.teaching.plots draws what it is given: checked on the Agg backend through the artists, not images."""
 import subprocess
 import sys
 
@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ltp_core import Trail, plots  # noqa: E402
+from ltp_core import Trail  # noqa: E402
+from ltp_core.teaching import plots
 
 LAYERS = ("0", "2", "4")
 

@@ -104,7 +104,7 @@ def test_training_step_updates_weights_and_thresholds():
 def test_a_zero_initialized_layer_is_not_pruned_whole_by_its_first_step(fused):
     # torchvision's ViT starts its head at zero: T is at its floor there, where 1/T (1e12) would
     # throw the threshold far above any weight the layer will have and prune all of it for good.
-    from ltp_core.mask import TEMPERATURE_FLOOR, fused_kernels_work
+    from ltp_core.core.mask import TEMPERATURE_FLOOR, fused_kernels_work
 
     if fused and not fused_kernels_work("cpu"):
         pytest.skip("the compiled mask kernels do not build here")
@@ -292,7 +292,7 @@ def _ltp_cnn(seed=0):
 def test_masks_prepared_before_the_forward_equal_masks_computed_layer_by_layer(monkeypatch):
     # LTP computes every layer's masked weight back to back before the forward (a pre-hook);
     # without the hook each layer computes its own when it runs: same values, same gradients.
-    from ltp_core.pruner import ThresholdMask
+    from ltp_core.core.ltp import ThresholdMask
 
     model, ltp = _ltp_cnn()
     plain = copy.deepcopy(model)

@@ -9,17 +9,17 @@ import nbformat
 import papermill
 import pytest
 
-from ltp_core.reports import REPO_ROOT, ReportError, _resolve_runs, find_notebooks, main, notebook_parameters
+from ltp_core.teaching.reports import REPO_ROOT, ReportError, _resolve_runs, find_notebooks, main, notebook_parameters
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 PARAMS = """seed = 0
 scale = 1.0  # a factor (1.0 = unchanged)
 output_dir = ""
-from ltp_core.notebook import profile_parameters
+from ltp_core.teaching.notebook import profile_parameters
 globals().update(profile_parameters("{stem}"))"""
 
-BODY = """from ltp_core.notebook import Claims
+BODY = """from ltp_core.teaching.notebook import Claims
 claims = Claims()
 claims.check("scale is positive", scale, ">", 0)
 claims.write_metrics({{"seed": seed, "scale": scale, "stem": "{stem}"}}, output_dir, "{stem}")
@@ -94,7 +94,7 @@ def test_bad_input_is_a_clear_error(notebooks, tmp_path, capsys, args, message):
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "ltp_core.reports", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ltp_core.teaching.reports", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--profile" in result.stdout and "--only" in result.stdout
 
 
@@ -138,7 +138,7 @@ def test_a_claim_on_nan_or_a_tensor_fails_or_holds_and_never_raises(tmp_path):
     import numpy as np
     import torch
 
-    from ltp_core.notebook import Claims
+    from ltp_core.teaching.notebook import Claims
 
     claims = Claims()
     assert claims.check("accuracy above chance", float("nan"), ">=", 0.5) is False

@@ -15,12 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from ltp_core import LTP, train
-from ltp_core.cli import UsageError, method_options, parse_args
+from ltp_core import LTP
+from ltp_core.engine import train
+from ltp_core.engine.config import UsageError, method_options, parse_args
 from ltp_core.data import load_digits
-from ltp_core.fit import accuracy, fit
+from ltp_core.engine.fit import accuracy, fit
 from ltp_core.models import get_model, mlp, small_cnn
-from ltp_core.trail import Trail
+from ltp_core.core.trail import Trail
 
 TOLERANCE = 0.02  # the issue's +-2 points
 

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import flop_registry
 
 from ltp_core import LTP, Trail, count_flops, layer_flops
-from ltp_core.fit import accuracy
+from ltp_core.engine.fit import accuracy
 from ltp_core.models import mlp, small_cnn
 
 
@@ -62,7 +62,7 @@ def test_trail_json_is_standard_json_at_full_sparsity_and_with_non_finite_values
     (record,) = json.loads(text, parse_constant=refuse)["records"]
     assert record["compression"] is None and record["val_loss"] is None and record["loss"] is None
     assert record["curve"] == [1.0, None] and record["sparsity"] == 1.0
-    from ltp_core.pick import format_record
+    from ltp_core.deploy.pick import format_record
 
     assert "(all pruned)" in format_record(Trail.load(tmp_path)[0], "soft_accuracy")
 
@@ -103,7 +103,7 @@ def test_atomic_writes_keep_links_refuse_folders_and_write_into_devices(tmp_path
     import os
     import stat
 
-    from ltp_core.trail import atomic_save, atomic_write_bytes
+    from ltp_core.io import atomic_save, atomic_write_bytes
 
     target, link = tmp_path / "target.bin", tmp_path / "link.bin"
     target.write_bytes(b"old")

@@ -1,4 +1,4 @@
-"""The training engine (`ltp_core.train`) and its CLI schema (`ltp_core.cli`).
+"""The training engine (`ltp_core.engine.train`) and its CLI schema (`ltp_core.engine.config`).
 
 The end-to-end runs use tiny datasets written in the real layouts by `data/make_tiny_imagenet.py`:
 a 2-process torchrun (gloo) run on an ImageNet-layout folder, a 1-process run on a CIFAR-10
@@ -21,11 +21,13 @@ import pytest
 import torch
 import yaml
 
-from ltp_core import LTP, processes, train
-from ltp_core.cli import UsageError, make_config, method_options, parse_args
+from ltp_core import LTP
+from ltp_core.engine import distributed
+from ltp_core.engine import train
+from ltp_core.engine.config import UsageError, make_config, method_options, parse_args
 from ltp_core.data import SyntheticImages, build_datasets, image_sizes
 from ltp_core.models import MIN_INPUT_SIZES, check_input_size, get_model, min_input_size
-from ltp_core.trail import Trail
+from ltp_core.core.trail import Trail
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -73,7 +75,7 @@ def _synthetic(out: Path, *extra: str) -> list[str]:
 
 def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
     out = tmp_path / "run"
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ltp_core.train",
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "ltp_core.engine.train",
            "--dataset", "imagenet", "--data-path", str(tiny_imagenet), *TINY, "--model", "mobilenet_v3_small",
            "--epochs", "2", "-b", "4", "--lr", "0.01", "--ltp-lambda", "1", "--ltp-t0", "0.05",
            "--ltp-threshold-lr", "1e-5", "-j", "0", "--device", "cpu", "--no-progress", "--output-dir", str(out)]
@@ -106,7 +108,7 @@ def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
 
 def test_single_process_on_cifar10_folder(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    cmd = [PY, "-m", "ltp_core.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar), "--model", "resnet20",
+    cmd = [PY, "-m", "ltp_core.engine.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar), "--model", "resnet20",
            "--epochs", "1", "-b", "8", "--lr", "0.05", "--ltp-exclude", "first", "last", "-j", "0", "--no-progress",
            "--output-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
@@ -219,7 +221,7 @@ def test_pretrained_weights_load_with_the_head_replaced(tiny_imagenet, tmp_path,
 # -- clean errors --------------------------------------------------------------------------
 
 def test_missing_folder_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([PY, "-m", "ltp_core.train", "--dataset", "imagenet", "--data-path",
+    proc = subprocess.run([PY, "-m", "ltp_core.engine.train", "--dataset", "imagenet", "--data-path",
                            str(tmp_path / "nowhere"), "--no-progress"], capture_output=True, text=True, env=_env(),
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
@@ -355,8 +357,8 @@ def test_resume_takes_the_settings_not_given_from_the_checkpoint(tmp_path, capsy
 def test_resumed_into_another_folder_the_trail_finds_its_checkpoints(tmp_path, capsys):
     """The inherited records name the old run's trail/step_*.pt by absolute path, so ltp-pick
     picks from the new folder; its ltp-sparse output is a --pretrained file."""
-    from ltp_core import pick
-    from ltp_core.sparse_file import load_sparse
+    from ltp_core.deploy import pick
+    from ltp_core.deploy.sparse_file import load_sparse
 
     old, new = tmp_path / "old", tmp_path / "new"
     assert train.main(_synthetic(old, "--model", "small_cnn")) == 0
@@ -527,7 +529,7 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
 
 
 def test_error_lines_drop_terminal_color_codes():
-    from ltp_core.pretrained import first_line
+    from ltp_core.engine.weights import first_line
 
     assert first_line(RuntimeError("\x1b[1mWeights only load failed.\x1b[0m\nmore")) == "Weights only load failed."
 
@@ -553,7 +555,7 @@ def test_more_clean_errors(tmp_path, capsys):
 
 
 def test_run_folders_for_the_notebooks_existing_runs_policy(tmp_path):
-    from ltp_core.runs import prepare_run_dir
+    from ltp_core.teaching.runs import prepare_run_dir
 
     assert prepare_run_dir(tmp_path / "new", make_config(dataset="synthetic")) == "fresh"
     (tmp_path / "other").mkdir()
