@@ -1,33 +1,43 @@
-# Two commands: `make test` and `make reports`. Each creates or reuses .venv and installs the
-# project (editable, with its dev extra) into it first; a stamp skips the install when
-# pyproject.toml has not changed.
+# `make test` and `make reports`; `make lab` opens the notebooks in JupyterLab. Each creates or
+# reuses .venv and installs the project (editable, with its dev extra) into it first, under
+# constraints.txt (the exact torch/torchvision pair); a stamp skips the install when
+# pyproject.toml and constraints.txt have not changed.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test reports install clean gpu-check
+.PHONY: test lint reports lab install clean gpu-check
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Unit tests, then nbval over notebooks/ with the `ci` profile's sizes (LTP_PROFILE=ci).
-test: $(STAMP)
+# ruff (a small rule set, pyproject.toml) and the import contracts (one direction, no cycles).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ltp_core tests data
+	$(VENV)/bin/lint-imports
+
+# Lint, unit tests, then nbval over notebooks/ with the `ci` profile's sizes (LTP_PROFILE=ci).
+test: lint
 	LTP_PROFILE=ci $(PY) -m pytest
 
 # Every notebook executed by papermill with its own defaults into reports/default/.
 reports: $(STAMP)
 	$(VENV)/bin/ltp-reports --profile default --output-dir reports/default
 
+# JupyterLab on notebooks/, in the project's environment (its kernel is this .venv's Python).
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
 # On a CUDA machine that brings its own torch and torchvision (it installs nothing; papermill
 # and nbval need not be there): the CUDA tests, then the GPU benchmark, whose JSON goes to
-# BENCH_JSON (default reports/benchmarks/<date>-gpu.json). The benchmark runs even when a test
-# fails (device time is scarce); the exit status is the first failure's.
+# BENCH_JSON (default reports/benchmarks/<date>-gpu.json). The benchmark runs
+# even when a test fails (device time is scarce); the exit status is the first failure's.
 GPU_PYTHON ?= python3
 CUDA_TESTS := tests/test_pruner.py tests/test_compile.py tests/test_baselines.py tests/test_export.py \
               tests/test_train.py tests/test_bench.py

@@ -4,7 +4,7 @@
   data that ships with the library, split into a seeded stratified train/test pair.
 - synthetic: a seeded Gaussian-cluster classification task of any size.
 
-For the training engine (`ltp_core.train`), `build_datasets(name, path)` gives image datasets:
+For the training engine (`ltp_core.engine.train`), `build_datasets(name, path)` gives image datasets:
 ImageNet in the ImageFolder layout, CIFAR-10 from its python pickles, digits as 8x8 images,
 and `SyntheticImages` (FakeData-style, learnable) for smoke runs.
 """
@@ -35,7 +35,7 @@ class TensorSplit:
     y_test: Tensor
     num_classes: int
 
-    def to(self, device: str | torch.device) -> "TensorSplit":
+    def to(self, device: str | torch.device) -> TensorSplit:
         return TensorSplit(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
                            self.y_test.to(device), self.num_classes)
 
@@ -96,7 +96,7 @@ def loader(x: Tensor, y: Tensor, batch_size: int, shuffle: bool, seed: int = 0) 
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-# -- image datasets for the training engine (ltp_core.train) -------------------------------
+# -- image datasets for the training engine (ltp_core.engine.train) ---------------------------
 #
 # Each builder returns an `ImageDatasets` (train and val `Dataset`s of (image tensor, label)
 # pairs, the class names, the shape of one image). A folder that is missing or not in the

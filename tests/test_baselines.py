@@ -11,10 +11,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from ltp_core.methods import (DSA, GDP, GMP, LATS, STR, GReg, L1Filter, Magnitude, channel_links,
-                                gmp_sparsity, lats_schedule, magnitude_masks)
 from ltp_core.core.flops import layer_flops
-from ltp_core.methods import METHODS, build, method_names
+from ltp_core.methods import (
+    DSA,
+    GDP,
+    GMP,
+    LATS,
+    METHODS,
+    STR,
+    GReg,
+    L1Filter,
+    Magnitude,
+    build,
+    channel_links,
+    gmp_sparsity,
+    lats_schedule,
+    magnitude_masks,
+    method_names,
+)
 from ltp_core.models import mlp, small_cnn
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ltp_core.engine import bench
-from ltp_core.core.mask import fused_kernels_work
+from ltp_core.kernels.fused import fused_kernels_work
 
 
 def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):

@@ -13,9 +13,19 @@ from torch import nn
 
 from ltp_core import LTP
 from ltp_core.deploy import export as ex
-from ltp_core.deploy.export import (SparseFormatError, SparseLinear, compare_inference, export_onnx, load_sparse,
-                             onnx_available, onnx_forward, plain_state_dict, save_sparse, sparse_summary,
-                             to_sparse_inference)
+from ltp_core.deploy.export import (
+    SparseFormatError,
+    SparseLinear,
+    compare_inference,
+    export_onnx,
+    load_sparse,
+    onnx_available,
+    onnx_forward,
+    plain_state_dict,
+    save_sparse,
+    sparse_summary,
+    to_sparse_inference,
+)
 from ltp_core.models import mlp, small_cnn
 
 needs_onnx = pytest.mark.skipif(not onnx_available(), reason=f"needs onnx + onnxscript ({ex.ONNX_INSTALL_HINT})")

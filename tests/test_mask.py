@@ -123,3 +123,11 @@ def test_16_bit_weights_are_masked_in_float32(dtype, exact):
     # or float16's subnormal spacing
     atol = max(1e-6 * wr.grad.abs().max().item(), 2 * torch.finfo(dtype).tiny * eps)
     assert torch.allclose(w.grad.double(), wr.grad, rtol=4 * eps, atol=atol)
+
+
+def test_compiled_kernels_use_the_same_temperature_floor():
+    # kernels.fused imports nothing from the core, so it keeps its own copy of the floor
+    from ltp_core.core.mask import TEMPERATURE_FLOOR
+    from ltp_core.kernels import fused
+
+    assert fused._FLOOR == TEMPERATURE_FLOOR

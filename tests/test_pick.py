@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
+from ltp_core.core.trail import Trail
+from ltp_core.deploy.pick import main, pick_checkpoint, pick_record
 from ltp_core.deploy.sparse_file import load_sparse
 from ltp_core.models import mlp
-from ltp_core.deploy.pick import main, pick_checkpoint, pick_record
-from ltp_core.core.trail import Trail
 
 # (step, sparsity, hard_accuracy, hard_top5): the run starts dense at 0.95 and gets sparser
 RECORDS = [(0, 0.0, 0.95, 0.99), (10, 0.5, 0.96, 0.99), (20, 0.8, 0.95, 0.99), (30, 0.9, 0.94, 0.985),

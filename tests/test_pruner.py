@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ltp_core import LTP, soft_mask
+from ltp_core import LTP, ThresholdMask, soft_mask
 from ltp_core.models import mlp, small_cnn
 
 
@@ -61,18 +61,18 @@ def test_soft_l0_reuses_the_forward_and_matches_a_fresh_computation():
     model(x)
     cached = ltp.soft_l0()
     layer = next(iter(ltp.layers.values()))
-    assert layer.parametrizations.weight[0].last_l0 is not None
+    assert layer.parametrizations.weight[0].l0 is not None
     with torch.no_grad():
-        fresh = sum(soft_mask(w, t, ltp._mask(m).temperature(w)).sum()
-                    for (n, w), t, m in zip(ltp.weights().items(), ltp.thresholds.values(), ltp.layers.values()))
+        fresh = sum(soft_mask(w, t, ltp.masks[n].temperature(w)).sum()
+                    for (n, w), t in zip(ltp.weights().items(), ltp.thresholds.values()))
     assert torch.allclose(cached * ltp.num_prunable, fresh, rtol=1e-5)
     # after an in-place update the cache is stale and must not be used
     with torch.no_grad():
         for w in ltp.weights().values():
             w.mul_(2)
     with torch.no_grad():
-        fresh2 = sum(soft_mask(w, t, ltp._mask(m).temperature(w)).sum()
-                     for (n, w), t, m in zip(ltp.weights().items(), ltp.thresholds.values(), ltp.layers.values()))
+        fresh2 = sum(soft_mask(w, t, ltp.masks[n].temperature(w)).sum()
+                     for (n, w), t in zip(ltp.weights().items(), ltp.thresholds.values()))
     assert torch.allclose(ltp.soft_l0() * ltp.num_prunable, fresh2, rtol=1e-5)
 
 
@@ -104,7 +104,8 @@ def test_training_step_updates_weights_and_thresholds():
 def test_a_zero_initialized_layer_is_not_pruned_whole_by_its_first_step(fused):
     # torchvision's ViT starts its head at zero: T is at its floor there, where 1/T (1e12) would
     # throw the threshold far above any weight the layer will have and prune all of it for good.
-    from ltp_core.core.mask import TEMPERATURE_FLOOR, fused_kernels_work
+    from ltp_core.core.mask import TEMPERATURE_FLOOR
+    from ltp_core.kernels.fused import fused_kernels_work
 
     if fused and not fused_kernels_work("cpu"):
         pytest.skip("the compiled mask kernels do not build here")
@@ -289,60 +290,111 @@ def _ltp_cnn(seed=0):
     return model, ltp
 
 
-def test_masks_prepared_before_the_forward_equal_masks_computed_layer_by_layer(monkeypatch):
-    # LTP computes every layer's masked weight back to back before the forward (a pre-hook);
-    # without the hook each layer computes its own when it runs: same values, same gradients.
-    from ltp_core.core.ltp import ThresholdMask
+def _three_big_layers(seed=0):
+    # every layer above kernels.fused.SMALL_LAYER weights: the one compiled graph the probe builds
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(8, 32, 5), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 160))
 
-    model, ltp = _ltp_cnn()
-    plain = copy.deepcopy(model)
-    plain._forward_pre_hooks.clear()  # the copy without LTP's hook
+
+def test_compiled_masks_layer_by_layer_equal_the_eager_masks():
+    # The one seam: each ThresholdMask calls its soft_prune (compiled or eager, chosen at
+    # construction) once per forward, and the regularizer reuses that forward's soft-L0: same
+    # values, same gradients either way.
+    from ltp_core.core.mask import soft_prune_t0
+    from ltp_core.kernels import fused
+
+    if not fused.fused_kernels_work("cpu"):
+        pytest.skip("the compiled mask kernels do not build here")
+    compiled, eager = _three_big_layers(), _three_big_layers()
+    pruners = [LTP(compiled, lambda_=1.0, fused=True), LTP(eager, lambda_=1.0, fused=False)]
+    assert all(m.compiled and m.soft_prune is fused.soft_prune for m in pruners[0].masks.values())
+    assert not any(m.compiled for m in pruners[1].masks.values())
+    assert all(m.soft_prune is soft_prune_t0 for m in pruners[1].masks.values())
     calls = []
-    original = ThresholdMask._soft_prune
-    monkeypatch.setattr(ThresholdMask, "_soft_prune", lambda self, w: calls.append(self) or original(self, w))
-    x = torch.randn(4, 1, 16, 16)
+    for ltp in pruners:
+        _set_thresholds(ltp, 2e-3)
+        for mask in ltp.masks.values():  # count the calls through the seam
+            mask.soft_prune = (lambda f: lambda *a: calls.append(f) or f(*a))(mask.soft_prune)
+    x, y = torch.randn(4, 8, 12, 12), torch.randint(160, (4,))
     outputs = []
-    for net in (model, plain):
+    for net, ltp in zip((compiled, eager), pruners):
         calls.clear()
         out = net(x)
+        loss = nn.functional.cross_entropy(out, y) + ltp.regularizer()
         assert len(calls) == len(ltp.layers)  # one mask computation per layer, not two
-        masks = [m for m in net.modules() if isinstance(m, ThresholdMask)]
-        assert all(m._prepared is None for m in masks)  # every prepared weight was used
-        l0 = sum(m.last_l0 for m in masks)
-        (out.square().sum() + l0).backward()
-        outputs.append(out)
-    torch.testing.assert_close(outputs[0], outputs[1])
-    for a, b in zip(model.parameters(), plain.parameters()):
-        torch.testing.assert_close(a.grad, b.grad)
+        loss.backward()
+        outputs.append((out, ltp.soft_l0()))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled.parameters(), eager.parameters()):
+        # a threshold's gradient (0-d) sums terms of either sign: another summation order moves it
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3 if a.dim() == 0 else 1e-4, atol=1e-6)
 
 
-def test_a_prepared_weight_is_used_once_and_only_for_the_weights_it_came_from():
+def test_the_last_forwards_l0_is_reused_only_for_the_weights_and_threshold_it_came_from():
     model, ltp = _ltp_cnn()
     x = torch.randn(2, 1, 16, 16)
     for _ in range(2):  # a second forward gets a fresh graph: backward through both works
-        model(x).sum().backward()
+        (model(x).sum() + ltp.regularizer()).backward()
+    name, mask = next(iter(ltp.masks.items()))
+    w = ltp.weights()[name]
 
-    first = next(iter(ltp.layers.values()))
-
-    def scale_first_layer(module, args):  # runs after LTP's hook: the prepared weight is stale
+    def fresh():
         with torch.no_grad():
-            first.parametrizations.weight.original.mul_(2)
+            return soft_mask(w, mask.threshold, mask.temperature(w)).sum()
 
-    handle = model.register_forward_pre_hook(scale_first_layer)
-    out = model(x)
-    handle.remove()
-    model._forward_pre_hooks.clear()  # no LTP hook: each layer computes from the current weights
-    torch.testing.assert_close(out, model(x))
+    model(x)
+    kept = mask.l0
+    assert kept is not None and mask.soft_l0(w) is kept  # nothing changed: reused
+    torch.testing.assert_close(kept.detach(), fresh(), rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        w.mul_(2)  # an optimizer step on the weight
+    assert mask.soft_l0(w) is not kept
+    torch.testing.assert_close(mask.soft_l0(w).detach(), fresh(), rtol=1e-5, atol=1e-4)
+    model(x)
+    kept = mask.l0
+    with torch.no_grad():
+        mask.threshold.add_(1e-3)  # a step on the threshold
+    assert mask.soft_l0(w) is not kept
+    torch.testing.assert_close(mask.soft_l0(w).detach(), fresh(), rtol=1e-5, atol=1e-4)
+    model(x)
+    kept = mask.l0
+    with torch.no_grad():  # computed with grad, asked for without (and the other way): afresh
+        assert mask.soft_l0(w) is not kept
+        model(x)
+    assert mask.soft_l0(w) is not mask.l0 and mask.soft_l0(w).requires_grad
+    model(x)
+    kept = mask.l0
+    with ltp.hard_masks():
+        model(x)  # the deployed forward keeps no soft-L0: the soft one still stands
+    assert mask.l0 is kept and mask.soft_l0(w) is kept
+    # a layer whose weight changed between the forward and the regularizer: the regularizer
+    # counts the current weights
+    model(x)
+    with torch.no_grad():
+        w.mul_(0.5)
+    expected = sum(fresh_l0 for fresh_l0 in (
+        soft_mask(v, m.threshold, m.temperature(v)).sum() for v, m in zip(ltp.weights().values(), ltp.masks.values())))
+    torch.testing.assert_close(ltp.soft_l0().detach() * ltp.num_prunable, expected.detach(), rtol=1e-5, atol=1e-3)
 
 
-def test_finalize_removes_the_prepare_hook_and_copies_keep_their_own():
+def test_deepcopy_and_finalize_leave_copies_working():
     model, ltp = _ltp_cnn()
-    twin = copy.deepcopy(model)
     x = torch.randn(2, 1, 16, 16)
+    (model(x).sum() + ltp.regularizer()).backward()  # the masks hold a soft-L0 with a graph
+    twin = copy.deepcopy(model)
+    twin_masks = [m for m in twin.modules() if isinstance(m, ThresholdMask)]
+    assert len(twin_masks) == len(ltp.layers) and all(m.l0 is None and m.l0_of is None for m in twin_masks)
+    assert not any(a is b for a in twin_masks for b in ltp.masks.values())  # the copy's own masks
+    assert [m.soft_prune for m in twin_masks] == [m.soft_prune for m in ltp.masks.values()]
     torch.testing.assert_close(twin(x), model(x))
-    hook = next(iter(twin._forward_pre_hooks.values()))
-    assert all(any(layer is m for m in twin.modules()) for layer in hook.layers)  # the copy's own layers
     ltp.finalize()
-    assert not model._forward_pre_hooks
-    model(x)  # a plain model now
-    twin(x).sum().backward()  # the copy still prunes, with its own hook
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert not any(isinstance(m, ThresholdMask) for m in model.modules())
+    model(x).sum().backward()  # a plain model now
+    twin.zero_grad()
+    twin(x).sum().backward()  # the copy still prunes, with its own masks and thresholds
+    assert all(parametrize.is_parametrized(twin.get_submodule(n), "weight") for n in ltp.layers)
+    assert all(m.threshold.grad is not None for m in twin_masks)
+    copy_of_copy = copy.deepcopy(twin)  # copying the copy after the original was finalized
+    torch.testing.assert_close(copy_of_copy(x), twin(x))

@@ -94,7 +94,8 @@ def test_bad_input_is_a_clear_error(notebooks, tmp_path, capsys, args, message):
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "ltp_core.teaching.reports", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "ltp_core.teaching.reports", "--help"], capture_output=True,
+                            text=True)
     assert result.returncode == 0 and "--profile" in result.stdout and "--only" in result.stdout
 
 

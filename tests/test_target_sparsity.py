@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from ltp_core import LTP
+from ltp_core.core.trail import Trail
+from ltp_core.data import load_digits
 from ltp_core.engine import train
 from ltp_core.engine.config import UsageError, method_options, parse_args
-from ltp_core.data import load_digits
 from ltp_core.engine.fit import accuracy, fit
 from ltp_core.models import get_model, mlp, small_cnn
-from ltp_core.core.trail import Trail
 
 TOLERANCE = 0.02  # the issue's +-2 points
 
@@ -245,9 +245,9 @@ def test_state_dict_resumes_the_control_exactly():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"target_sparsity": 1.0}, "target_sparsity must be a fraction in"),
-    ({"target_sparsity": -0.1}, "target_sparsity must be a fraction in"),
-    ({"target_sparsity": "0.5"}, "target_sparsity must be a fraction in"),
+    ({"target_sparsity": 1.0}, r"target_sparsity must be a number in \[0, 1\)"),
+    ({"target_sparsity": -0.1}, r"target_sparsity must be a number in \[0, 1\)"),
+    ({"target_sparsity": "0.5"}, r"target_sparsity must be a number in \[0, 1\)"),
     ({"target_sparsity": 0.5, "target_pace": 0.0}, r"target_pace must be a number in \(0, 1\]"),
     ({"target_sparsity": 0.5, "target_pace": 1.5}, r"target_pace must be a number in \(0, 1\]"),
     ({"target_sparsity": 0.5, "target_lambda_lr": -1.0}, "target_lambda_lr must be a finite number >= 0"),
@@ -255,6 +255,23 @@ def test_state_dict_resumes_the_control_exactly():
 def test_bad_target_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LTP(mlp(hidden=(8,)), **kwargs)
+
+
+def test_the_target_can_be_set_mid_run():
+    torch.manual_seed(0)
+    ltp = LTP(mlp(hidden=(16,)), target_pace=1.0)
+    assert ltp.target_sparsity is None and ltp.target is None
+    ltp.target_sparsity = 0.5  # a controller from here, with the options given at construction
+    assert ltp.target.target == 0.5 and ltp.target.pace == 1.0
+    ltp.after_step()
+    assert ltp.sparsity()["total"] == pytest.approx(0.5, abs=2 / ltp.num_prunable)
+    with pytest.raises(ValueError, match=r"target_sparsity must be a number in \[0, 1\)"):
+        ltp.target_sparsity = 1.0
+    assert ltp.target_sparsity == 0.5
+    ltp.target_sparsity = None  # lambda_ stays fixed from here
+    before = {n: float(t.detach()) for n, t in ltp.thresholds.items()}
+    ltp.after_step()
+    assert ltp.target is None and {n: float(t.detach()) for n, t in ltp.thresholds.items()} == before
 
 
 def test_after_step_refuses_a_finalized_pruner():

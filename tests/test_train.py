@@ -22,12 +22,13 @@ import torch
 import yaml
 
 from ltp_core import LTP
-from ltp_core.engine import distributed
-from ltp_core.engine import train
-from ltp_core.engine.config import UsageError, make_config, method_options, parse_args
-from ltp_core.data import SyntheticImages, build_datasets, image_sizes
-from ltp_core.models import MIN_INPUT_SIZES, check_input_size, get_model, min_input_size
 from ltp_core.core.trail import Trail
+from ltp_core.data import SyntheticImages, build_datasets, image_sizes
+from ltp_core.engine import distributed, train
+from ltp_core.engine.build import check_input_sizes
+from ltp_core.engine.config import UsageError, make_config, method_options
+from ltp_core.engine.train import parse_args
+from ltp_core.models import MIN_INPUT_SIZES, check_input_size, get_model, min_input_size
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -91,9 +92,10 @@ def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
     trail = Trail.load(out)
     assert [(r["epoch"], r["step"]) for r in trail] == [(0, 0), (1, 3), (2, 6)]
     last = trail[-1]
-    for key in ("top1", "top5", "hard_top1", "hard_top5", "soft_accuracy", "hard_accuracy", "sparsity",
+    for key in ("soft_accuracy", "soft_top5", "hard_accuracy", "hard_top5", "soft_loss", "hard_loss", "sparsity",
                 "compression", "flops", "layer_sparsity", "thresholds", "img_per_s"):
         assert last[key] is not None, key
+    assert not {"top1", "top5", "hard_top1", "val_loss", "hard_val_loss"} & set(last)  # one name per value
     assert 0 < last["sparsity"] < 1 and last["flops"] < trail[0]["flops"]
     assert set(last["layer_sparsity"]) == set(last["thresholds"])
     ckpt = _checkpoint(out)
@@ -108,9 +110,9 @@ def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
 
 def test_single_process_on_cifar10_folder(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    cmd = [PY, "-m", "ltp_core.engine.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar), "--model", "resnet20",
-           "--epochs", "1", "-b", "8", "--lr", "0.05", "--ltp-exclude", "first", "last", "-j", "0", "--no-progress",
-           "--output-dir", str(out)]
+    cmd = [PY, "-m", "ltp_core.engine.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar),
+           "--model", "resnet20", "--epochs", "1", "-b", "8", "--lr", "0.05", "--ltp-exclude", "first", "last",
+           "-j", "0", "--no-progress", "--output-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resnet20 on cifar10 (10 classes, 40 train / 8 val images)" in proc.stdout
@@ -134,18 +136,18 @@ def test_resume_continues_exactly(tiny_imagenet, tmp_path, monkeypatch):
              "--device", "cpu", "--no-progress", "--no-trail-checkpoints"]
     whole = train.run(parse_args([*flags, "--output-dir", str(tmp_path / "whole")]))
 
-    original = train._Run.train_one_epoch
+    original = train.train_one_epoch
 
-    def crash_in_second_epoch(self):
-        if self.epoch == 1:
+    def crash_in_second_epoch(r):
+        if r.epoch == 1:
             raise KeyboardInterrupt
-        return original(self)
+        return original(r)
 
-    monkeypatch.setattr(train._Run, "train_one_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(train, "train_one_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.run(parse_args([*flags, "--output-dir", str(tmp_path / "split")]))
     assert _checkpoint(tmp_path / "split")["epoch"] == 1
-    monkeypatch.setattr(train._Run, "train_one_epoch", original)
+    monkeypatch.setattr(train, "train_one_epoch", original)
     resumed = train.run(parse_args([*flags, "--output-dir", str(tmp_path / "split"), "--resume"]))
 
     a, b = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "split")
@@ -156,12 +158,12 @@ def test_resume_continues_exactly(tiny_imagenet, tmp_path, monkeypatch):
         assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
     strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in Trail.load(tmp_path / "whole")]
     assert strip == [{k: v for k, v in r.items() if k not in VOLATILE} for r in Trail.load(tmp_path / "split")]
-    assert whole.last["hard_top1"] == resumed.last["hard_top1"]
+    assert whole.last["hard_accuracy"] == resumed.last["hard_accuracy"]
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
     """Every file write is gated by rank 0: a process that is not rank 0 leaves no trace."""
-    monkeypatch.setattr(processes.Procs, "main", property(lambda self: False))
+    monkeypatch.setattr(distributed.Procs, "main", property(lambda self: False))
     result = train.run(parse_args(_synthetic(tmp_path / "run", "--method", "none")))
     assert not (tmp_path / "run").exists()
     assert result.method is None and result.last["sparsity"] == 0.0  # measured, not recorded
@@ -169,14 +171,14 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    original = train._Run.train_one_epoch
+    original = train.train_one_epoch
 
-    def poison_second_epoch(self):
-        if self.epoch == 1:
+    def poison_second_epoch(r):
+        if r.epoch == 1:
             monkeypatch.setattr(SyntheticImages, "__getitem__", lambda s, i: (torch.full((3, 8, 8), float("nan")), 0))
-        return original(self)
+        return original(r)
 
-    monkeypatch.setattr(train._Run, "train_one_epoch", poison_second_epoch)
+    monkeypatch.setattr(train, "train_one_epoch", poison_second_epoch)
     flags = _synthetic(out)
     flags[flags.index("--epochs") + 1] = "3"
     assert train.main(flags) == 1
@@ -211,7 +213,7 @@ def test_pretrained_weights_load_with_the_head_replaced(tiny_imagenet, tmp_path,
     assert not torch.equal(model.fc.weight, expected["fc.weight"][:3])
     out = capsys.readouterr().out
     assert "replaced the 3-class head (fc.bias, fc.weight; the file has 10 classes)" in out
-    assert json.loads(out.strip().splitlines()[-1])["top1"] >= 0
+    assert json.loads(out.strip().splitlines()[-1])["soft_accuracy"] >= 0
 
     torch.save(get_model("resnet32", 10).state_dict(), tmp_path / "resnet32.pth")
     with pytest.raises(UsageError, match="does not fit this model: missing"):
@@ -251,7 +253,8 @@ def test_clean_errors(tiny_imagenet, tiny_cifar, tmp_path, capsys):
         capsys, ["--dataset", "imagenet", "--data-path", str(malformed)])
     assert "lacks data_batch_1" in _one_line_error(capsys, ["--dataset", "cifar10", "--data-path", str(tiny_imagenet)])
     assert "is a file, not a folder" in _one_line_error(
-        capsys, ["--dataset", "cifar10", "--data-path", str(tiny_imagenet / "train" / "n00000000" / "n00000000_0.JPEG")])
+        capsys, ["--dataset", "cifar10", "--data-path",
+                 str(tiny_imagenet / "train" / "n00000000" / "n00000000_0.JPEG")])
     broken = tmp_path / "broken-cifar"
     shutil.copytree(tiny_cifar, broken)
     (broken / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage\n")
@@ -436,14 +439,14 @@ def test_clear_errors_for_weights_files_and_options(tmp_path, capsys):
 
 def _crash_at_epoch(monkeypatch, epoch: int) -> None:
     """Make the next runs stop with KeyboardInterrupt when they reach `epoch` (0-based)."""
-    original = train._Run.train_one_epoch
+    original = train.train_one_epoch
 
-    def crash(self):
-        if self.epoch == epoch:
+    def crash(r):
+        if r.epoch == epoch:
             raise KeyboardInterrupt
-        return original(self)
+        return original(r)
 
-    monkeypatch.setattr(train._Run, "train_one_epoch", crash)
+    monkeypatch.setattr(train, "train_one_epoch", crash)
 
 
 def _split_run(flags: list[str], run: Path, epoch: int, monkeypatch) -> None:
@@ -512,7 +515,7 @@ def test_resume_refuses_another_step_scale_for_options_counted_in_steps(tmp_path
     assert "resume with --batch-size 8 on 1 process(es)" in err
     # two processes of 8 images each: one step per epoch (checked without starting them)
     with pytest.raises(UsageError, match=r"this run has 1 \(--batch-size 8 x 2 process\(es\)\)"):
-        train._Run(parse_args([*flags, "--resume"]), processes.Procs(rank=0, world=2)).setup()
+        train.setup(parse_args([*flags, "--resume"]), distributed.Procs(rank=0, world=2))
     assert _md5s(run) == before  # nothing rewritten
     # --test-only trains nothing: any batch size evaluates the checkpoint
     assert train.main([*flags, "--resume", "-b", "4", "--test-only"]) == 0
@@ -526,6 +529,29 @@ def test_a_run_stopped_before_its_first_checkpoint_says_so(tmp_path, capsys):
         capsys, _synthetic(run))
     assert "no checkpoint at" in _one_line_error(capsys, _synthetic(run, "--resume"))
     assert (run / "trail.json").read_text() == "[]"
+
+
+def test_records_of_earlier_versions_take_the_current_names(tmp_path, capsys):
+    """A checkpoint written by an earlier version holds records under the old names (top1,
+    hard_top1, val_loss, ...): a resumed run inherits them under the trail's names, and
+    `ltp-pick --key hard_top1` still picks by the hard top-1."""
+    from ltp_core.deploy import pick
+    from ltp_core.engine.resume import inherited_records
+
+    old = [{"step": 0, "epoch": 0.0, "sparsity": 0.0, "top1": 0.5, "hard_top1": 0.4, "top5": 0.9, "hard_top5": 0.8,
+            "val_loss": 1.0, "hard_val_loss": 1.1, "checkpoint": None}]
+    (record,) = inherited_records(old, tmp_path, tmp_path)
+    assert record == {"step": 0, "epoch": 0.0, "sparsity": 0.0, "soft_accuracy": 0.5, "hard_accuracy": 0.4,
+                      "soft_top5": 0.9, "hard_top5": 0.8, "soft_loss": 1.0, "hard_loss": 1.1, "checkpoint": None}
+    assert "top1" in old[0]  # the checkpoint's own records are left as they were
+    trail = Trail(tmp_path / "run")
+    trail.record(step=0, epoch=0, sparsity=0.0, soft_accuracy=0.5, hard_accuracy=0.4, hard_top5=0.8)
+    trail.record(step=5, epoch=1, sparsity=0.5, soft_accuracy=0.5, hard_accuracy=0.3, hard_top5=0.9)
+    assert pick.pick_record(trail, min_accuracy=0.35, accuracy_key="hard_top1")["step"] == 0
+    capsys.readouterr()
+    for key, step in (("hard_top1", 0), ("hard_top5", 5)):
+        assert pick.main([str(tmp_path / "run"), "--key", key, "--min-accuracy", "0.35"]) == 0
+        assert capsys.readouterr().out.startswith(f"picked step {step} ")
 
 
 def test_error_lines_drop_terminal_color_codes():
@@ -550,7 +576,7 @@ def test_more_clean_errors(tmp_path, capsys):
         capsys, _synthetic(run, "--data-path", str(tmp_path)))
     # Processes without CUDA: SyncBatchNorm cannot run; said before anything is built.
     with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
-        train._Run(parse_args(_synthetic(run, "--sync-bn")), processes.Procs(rank=0, world=2)).setup()
+        train.setup(parse_args(_synthetic(run, "--sync-bn")), distributed.Procs(rank=0, world=2))
     assert not run.exists()
 
 
@@ -716,7 +742,7 @@ def test_crops_below_the_models_minimum_fail_before_anything_runs(tiny_imagenet,
     # at or above the minimum the check passes (Inception v3 without its auxiliary head: 75)
     for flags in (["--model", "inception_v3", "--train-crop-size", "75", "--model-opt", "aux_logits=false"],
                   ["--model", "googlenet", "--train-crop-size", "15"]):
-        train._Run(parse_args(_synthetic(run, *flags)), processes.Procs())._check_input_sizes()
+        check_input_sizes(parse_args(_synthetic(run, *flags)))
 
 
 # -- precision and memory format -----------------------------------------------------------
@@ -737,7 +763,7 @@ def test_amp_and_channels_last(tmp_path, device, dtype, channels_last):
         memory_format=torch.channels_last) == channels_last
     assert next(result.model.parameters()).device.type == device
     trail = Trail.load(tmp_path / "run")
-    assert len(trail) == 3 and all(0 <= r["hard_top1"] <= 1 for r in trail)
+    assert len(trail) == 3 and all(0 <= r["hard_accuracy"] <= 1 for r in trail)
     ckpt = _checkpoint(tmp_path / "run")
     assert bool(ckpt["scaler"]) == (dtype == "fp16")  # the gradient scaler only with fp16
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

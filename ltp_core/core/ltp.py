@@ -163,6 +163,7 @@ class LTP(ReparamMethod):
                           "large as 1/T while the weights are still small, which can prune such a layer whole in "
                           "a step; exclude them (exclude=..., --ltp-exclude) unless they start from trained "
                           "weights", RuntimeWarning, stacklevel=2)
+        self._target_options = (pace, lambda_lr)
         self.target = None if target_sparsity is None else TargetSparsity(
             target_sparsity, pace, lambda_lr, initial=self.sparsity()["total"])
 
@@ -185,7 +186,20 @@ class LTP(ReparamMethod):
 
     @property
     def target_sparsity(self) -> float | None:
+        """The hard sparsity `after_step()` drives to (None: lambda_ stays fixed). Settable mid-run:
+        the controller then heads for the new target from where it is, at the same pace."""
         return None if self.target is None else self.target.target
+
+    @target_sparsity.setter
+    def target_sparsity(self, value: float | None) -> None:
+        self._check_live()
+        if value is None:
+            self.target = None
+        elif self.target is not None:
+            self.target.target = check_fraction("target_sparsity", value)
+        else:
+            self.target = TargetSparsity(check_fraction("target_sparsity", value), *self._target_options,
+                                         initial=self.sparsity()["total"])
 
     # -- the regularizer -------------------------------------------------------------------
     def soft_l0(self) -> Tensor:

@@ -148,7 +148,7 @@ class Trail:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trail":
+    def load(cls, path: str | os.PathLike) -> Trail:
         """Read a trail from `trail.json` or from the folder holding it."""
         path = Path(path)
         if path.is_dir():
@@ -183,8 +183,9 @@ class Trail:
         if not self.records:
             raise ValueError("the trail is empty")
         accuracy_key = self.RENAMED.get(accuracy_key, accuracy_key)
+        not_accuracies = ("step", "epoch", "sparsity", "compression", "flops")
         known = sorted({k for r in self.records for k, v in r.items()
-                        if isinstance(v, (int, float)) and k not in ("step", "epoch", "sparsity", "compression", "flops")})
+                        if isinstance(v, (int, float)) and k not in not_accuracies})
         if accuracy_key not in known:
             raise ValueError(f"accuracy_key {accuracy_key!r} is not in the records; available: {known}")
 

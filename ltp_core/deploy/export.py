@@ -34,9 +34,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .sparse_file import (SPARSE_FORMAT, SPARSE_VERSION, SparseFormatError, load_sparse, plain_state_dict,
-                          save_sparse, sparse_summary)
 from ..io import publish, write_target
+from .sparse_file import (
+    SPARSE_FORMAT,
+    SPARSE_VERSION,
+    SparseFormatError,
+    load_sparse,
+    plain_state_dict,
+    save_sparse,
+    sparse_summary,
+)
 
 __all__ = ["SPARSE_FORMAT", "SPARSE_VERSION", "SparseFormatError", "plain_state_dict", "save_sparse", "load_sparse",
            "sparse_summary", "onnx_available", "ONNX_INSTALL_HINT", "export_onnx", "onnx_forward", "SparseLinear",

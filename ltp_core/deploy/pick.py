@@ -67,6 +67,7 @@ def pick_record(trail: Trail, *, min_accuracy: float | None = None, max_drop: fl
             raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
     if not trail.records:
         raise ValueError("the trail is empty")
+    accuracy_key = Trail.RENAMED.get(accuracy_key, accuracy_key)  # an earlier version's name (hard_top1)
     keys = _accuracy_keys(trail)
     if accuracy_key not in keys:
         raise ValueError(f"accuracy key {accuracy_key!r} is not in the trail's records; available: {keys}")
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m ltp_core.deploy.pick` (`ltp-pick`): returns the exit status."""
     try:
         args = _parser().parse_args(argv)
+        args.key = Trail.RENAMED.get(args.key, args.key)  # an earlier version's name (hard_top1)
         if args.out is not None and not args.out.strip():
             raise ValueError("--out is empty; give a file path")
         if args.sparse and not args.out:

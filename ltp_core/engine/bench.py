@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from ..kernels.denormals import flush_denormals
-from ..models import torchvision_models
 from ..core.ltp import LTP, prunable_layers
 from ..io import atomic_write_bytes
+from ..kernels.denormals import flush_denormals
+from ..models import torchvision_models
 
 __all__ = ["PRESETS", "run_benchmark", "main"]
 
@@ -160,8 +160,7 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
             times[v].append(time.perf_counter() - t0)
     median = {v: statistics.median(ts) for v, ts in times.items()}
     _, model, ltp = built["ltp"]
-    compiled_layers = sum(m.parametrizations.weight[0].uses_fused(m.parametrizations.weight.original)
-                          for m in ltp.layers.values())
+    compiled_layers = sum(mask.compiled for mask in ltp.masks.values())
     ltp_sparsity = ltp.sparsity()["total"]
     _sync(device)
     t0 = time.perf_counter()
@@ -181,7 +180,8 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
         "ltp_compiled_layers": compiled_layers, "ltp_layers": len(ltp.layers),
         "finalize_s": finalize_s, "ltp_sparsity": ltp_sparsity,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(),
     }
     return result
@@ -195,11 +195,13 @@ def format_table(r: dict) -> str:
     lines = [head, "", "| variant | median step (ms) | vs dense | peak memory (MiB) |", "|---|---|---|---|"]
     for v in VARIANTS:
         mem = r["peak_memory_mib"][v]
-        lines.append(f"| {v} | {1e3 * r['median_step_s'][v]:.1f} | {r['median_step_s'][v] / r['median_step_s']['dense']:.3f} "
+        step = r["median_step_s"][v]
+        lines.append(f"| {v} | {1e3 * step:.1f} | {step / r['median_step_s']['dense']:.3f} "
                      f"| {'-' if mem is None else f'{mem:.0f}'} |")
     lines += ["", f"LTP / dense = {r['ratio_ltp_dense']:.3f}, LTP / torch-prune = {r['ratio_ltp_torch_prune']:.3f}; "
                   f"eager mask: {r['ratio_ltp_eager_dense']:.3f} and {r['ratio_ltp_eager_torch_prune']:.3f}; "
-                  f"{r['ltp_compiled_layers']} of {r['ltp_layers']} layers compiled; LTP sparsity {r['ltp_sparsity']:.2f}; "
+                  f"{r['ltp_compiled_layers']} of {r['ltp_layers']} layers compiled; "
+                  f"LTP sparsity {r['ltp_sparsity']:.2f}; "
                   f"finalize() = {1e3 * r['finalize_s']:.1f} ms"]
     return "\n".join(lines)
 

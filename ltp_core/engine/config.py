@@ -1,5 +1,6 @@
-"""The one configuration schema of `ltp-train`: command-line flags, `--config FILE.yaml` and the
-notebooks' parameters all name the same fields of `TrainConfig`.
+"""Reading `ltp-train`'s settings: flags, `--config FILE.yaml` and Python keywords into one checked TrainConfig.
+
+The flags, the YAML keys and the notebooks' parameters all name the same fields of `TrainConfig`.
 
     ltp-train --dataset imagenet --data-path /data/imagenet --model resnet50 --pretrained r50.pth ...
     ltp-train --config run.yaml --lr 0.01          # flags override the YAML, the YAML the defaults
@@ -16,9 +17,11 @@ Dense training is `--method none`. The `--ltp-*` flags are shorthands for LTP's 
 the words `first` and `last` mean `exclude_first` / `exclude_last`); `--method-opt KEY=VALUE`
 passes any option of any method (values are parsed as YAML: `0.5`, `true`, `[a, b]`).
 
-With `--resume`, every setting that neither a flag nor `--config` gives is the resumed run's
-own (from its checkpoint), so `ltp-train --output-dir RUN --resume` continues RUN as it was;
-the engine then refuses the given ones that differ where the checkpoint fixes them.
+The fields themselves (type, default, flags, help, check) are declared in
+`ltp_core.engine.schema`. With `--resume`, `ltp-train` (`ltp_core.engine.train.parse_args`)
+completes the settings given here with the resumed run's own, from its checkpoint
+(`ltp_core.engine.resume.settings_from_checkpoint`); `parse_args` here reads the flags and
+`--config` only.
 """
 from __future__ import annotations
 
@@ -29,168 +32,20 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASETS, INTERPOLATIONS
+from .schema import AMP_DTYPES, FIELDS, LR_SCHEDULERS, OPTIMIZERS, TrainConfig, flag_name, flags_of
 
-__all__ = ["UsageError", "TrainConfig", "make_config", "parse_args", "build_parser", "load_yaml_config",
-           "flag_name", "yaml_load", "method_options", "schedule_fixes_epochs", "config_to_dict", "output_folder",
-           "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
+__all__ = ["UsageError", "TrainConfig", "FIELDS", "make_config", "parse_args", "given_settings", "merge_settings",
+           "convert", "build_parser", "load_yaml_config", "flag_name", "yaml_load", "method_options",
+           "schedule_fixes_epochs", "config_to_dict", "output_folder", "LR_SCHEDULERS", "OPTIMIZERS", "AMP_DTYPES"]
 
 PROG = "ltp-train"
-LR_SCHEDULERS = ("steplr", "cosineannealinglr", "exponentiallr", "constant")
-WARMUP_METHODS = ("constant", "linear")
-OPTIMIZERS = ("sgd", "sgd_nesterov", "adam", "adamw", "rmsprop")
-AMP_DTYPES = ("bf16", "fp16")
 
 
 class UsageError(Exception):
     """A bad flag, config value, path or file: reported as one line, no traceback."""
-
-
-def _opt(default: Any, help: str, *, kind: str, flags: tuple[str, ...] = (), choices=None, check=None,
-         metavar: str | None = None, group: str = "run"):
-    """A TrainConfig field. kind: int, float, str, bool, optint, optfloat, optstr, list, dict.
-    check(value) -> error text or None, for range checks."""
-    meta = {"help": help, "kind": kind, "flags": flags, "choices": choices, "check": check, "metavar": metavar,
-            "group": group}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _fraction(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (see `ltp-train --help` for each one)."""
-    # data
-    dataset: str = _opt("imagenet", "dataset", kind="str", choices=DATASETS, group="data")
-    data_path: str | None = _opt(None, "dataset folder (imagenet: train/ and val/ of class folders; cifar10: the "
-                                       "folder holding cifar-10-batches-py/); see data/README.md",
-                                 kind="optstr", metavar="PATH", group="data")
-    train_crop_size: int = _opt(224, "training crop size (imagenet; synthetic: the image size)", kind="int",
-                                check=_positive, group="data")
-    val_resize_size: int = _opt(256, "validation resize size (imagenet)", kind="int", check=_positive, group="data")
-    val_crop_size: int = _opt(224, "validation crop size (imagenet)", kind="int", check=_positive, group="data")
-    interpolation: str = _opt("bilinear", "resize interpolation (imagenet)", kind="str", choices=INTERPOLATIONS,
-                              group="data")
-    synthetic_size: int = _opt(1024, "synthetic: training images (validation: a quarter as many)", kind="int",
-                               check=_positive, group="data")
-    synthetic_classes: int = _opt(10, "synthetic: number of classes", kind="int",
-                                  check=lambda v: None if v >= 2 else "must be >= 2", group="data")
-    workers: int = _opt(4, "data loading worker processes per process (0: load in the main process)", kind="int",
-                        flags=("-j", "--workers"), check=_non_negative, group="data")
-    # model
-    model: str = _opt("resnet18", "any torchvision classification model, resnet20/32/44/56/110 (CIFAR), "
-                                  "mlp, small_cnn, or timm's mixnet_s (needs timm)", kind="str", group="model")
-    model_opt: dict = _opt({}, "model constructor option, repeatable (e.g. shortcut=B for the CIFAR ResNets)",
-                           kind="dict", metavar="KEY=VALUE", group="model")
-    pretrained: str | None = _opt(None, "local weights file (a state_dict, a checkpoint holding 'model' or "
-                                        "'state_dict', or an ltp-sparse file from ltp-pick --sparse); the head is "
-                                        "replaced when the class count differs; nothing is downloaded; not read "
-                                        "by --resume (the checkpoint holds the weights)",
-                                  kind="optstr", metavar="PATH", group="model")
-    # pruning method
-    method: str = _opt("ltp", "pruning method from ltp_core.methods (none: dense training)", kind="str",
-                       group="method")
-    method_opt: dict = _opt({}, "method option, repeatable; values parsed as YAML", kind="dict",
-                            metavar="KEY=VALUE", group="method")
-    ltp_lambda: float | None = _opt(None, "LTP: weight of the soft-L0 term (lambda_; default: LTP's)",
-                                    kind="optfloat", check=_non_negative, group="method")
-    ltp_t0: float | None = _opt(None, "LTP: temperature T0, T_l = T0 * Var(|w_l|) (default: LTP's)",
-                                kind="optfloat", check=_positive, group="method")
-    ltp_exclude: list = _opt([], "LTP: layers left dense (module names; 'first', 'last' for the first/last "
-                                 "prunable layer)", kind="list", metavar="NAME", group="method")
-    ltp_threshold_lr: float | None = _opt(None, "LTP: learning rate of the thresholds (default: --lr); tau is in "
-                                                "units of w**2 and its gradient scales like 1/T, so with SGD it is "
-                                                "usually far below --lr (e.g. 1e-5)",
-                                          kind="optfloat", check=_positive, group="method")
-    target_sparsity: float | None = _opt(None, "LTP: the hard sparsity to reach and hold, a fraction in [0, 1); "
-                                               "lambda_ then adapts (starting at --ltp-lambda) and the thresholds "
-                                               "are held on course (see LTP.after_step)",
-                                         kind="optfloat", check=_fraction, group="method")
-    # optimization
-    epochs: int = _opt(90, "number of epochs in total (a resumed run continues up to it; fixed by the checkpoint with "
-                       "cosineannealinglr, gmp, lats and greg, whose schedules are built for it)", kind="int",
-                       check=_non_negative, group="optimization")
-    batch_size: int = _opt(32, "images per batch per process (the global batch is this times the number of "
-                               "processes)", kind="int", flags=("-b", "--batch-size"), check=_positive,
-                           group="optimization")
-    opt: str = _opt("sgd", "optimizer", kind="str", choices=OPTIMIZERS, group="optimization")
-    lr: float = _opt(0.1, "initial learning rate", kind="float", check=_positive, group="optimization")
-    momentum: float = _opt(0.9, "momentum (sgd, rmsprop)", kind="float", check=_non_negative,
-                           group="optimization")
-    weight_decay: float = _opt(1e-4, "weight decay (thresholds never get any)", kind="float",
-                               flags=("--wd", "--weight-decay"), check=_non_negative, group="optimization")
-    lr_scheduler: str = _opt("steplr", "learning-rate schedule, stepped once per epoch", kind="str",
-                             choices=LR_SCHEDULERS, group="optimization")
-    lr_step_size: int = _opt(30, "steplr: epochs between decays", kind="int", check=_positive,
-                             group="optimization")
-    lr_gamma: float = _opt(0.1, "steplr/exponentiallr: decay factor", kind="float", check=_positive,
-                           group="optimization")
-    lr_min: float = _opt(0.0, "cosineannealinglr: final learning rate", kind="float", check=_non_negative,
-                         group="optimization")
-    lr_warmup_epochs: int = _opt(0, "warm-up epochs", kind="int", check=_non_negative, group="optimization")
-    lr_warmup_method: str = _opt("constant", "warm-up shape", kind="str", choices=WARMUP_METHODS,
-                                 group="optimization")
-    lr_warmup_decay: float = _opt(0.01, "learning-rate factor at the start of the warm-up", kind="float",
-                                  check=lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-                                  group="optimization")
-    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy", kind="float", check=_fraction,
-                                  group="optimization")
-    clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value", kind="optfloat",
-                                        check=_positive, group="optimization")
-    # hardware
-    device: str = _opt("auto", "auto (cuda when available), cpu, cuda; under torchrun each process uses "
-                               "cuda:LOCAL_RANK", kind="str", group="hardware")
-    amp: bool = _opt(False, "automatic mixed precision (autocast; fp16 adds a gradient scaler)", kind="bool",
-                     group="hardware")
-    amp_dtype: str = _opt("bf16", "autocast dtype with --amp", kind="str", choices=AMP_DTYPES, group="hardware")
-    channels_last: bool = _opt(False, "channels_last memory format (faster convolutions on recent GPUs)",
-                               kind="bool", group="hardware")
-    sync_bn: bool = _opt(False, "synchronized batch norm across processes", kind="bool", group="hardware")
-    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms(True)", kind="bool", group="hardware")
-    # run
-    output_dir: str = _opt("", "where trail.json, checkpoint.pth, trail/ and args.yaml go "
-                               "(default: runs/<dataset>-<model>-<method>)", kind="str", metavar="DIR")
-    resume: str | None = _opt(None, "continue from a checkpoint (a file, or a run folder; without a value: "
-                                    "<output-dir>/checkpoint.pth) with its settings, except those given; a run "
-                                    "folder continues in place unless --output-dir is given",
-                              kind="optstr", metavar="PATH")
-    seed: int = _opt(0, "random seed (initialization, data order, augmentation)", kind="int",
-                     check=lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)")
-    test_only: bool = _opt(False, "only evaluate (the --resume or --pretrained network) and print the metrics",
-                           kind="bool")
-    eval_every: int = _opt(1, "evaluate (a trail record) every this many epochs and after the last; the "
-                              "checkpoint is written after every epoch", kind="int", check=_positive)
-    trail_checkpoints: bool = _opt(True, "save a hard-pruned checkpoint at every evaluation (trail/step_*.pt)",
-                                   kind="bool")
-    progress: bool = _opt(True, "tqdm progress bars", kind="bool")
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _flags(name: str) -> tuple[str, ...]:
-    return FIELDS[name].metadata["flags"] or ("--" + name.replace("_", "-"),)
-
-
-def flag_name(name: str) -> str:
-    """The long command-line flag of setting `name` (`weight_decay` -> `--weight-decay`)."""
-    return _flags(name)[-1]
 
 
 # -- value conversion: the same for flags, YAML and Python ---------------------------------
@@ -228,10 +83,10 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def _convert(name: str, value: Any) -> Any:
+def convert(name: str, value: Any) -> Any:
     """`value` as field `name`'s type, checked; UsageError naming the flag otherwise."""
     meta = FIELDS[name].metadata
-    kind, flag = meta["kind"], _flags(name)[-1]
+    kind, flag = meta["kind"], flags_of(name)[-1]
 
     def bad(what: str) -> UsageError:
         return UsageError(f"{flag} ({name}): {what}, got {value!r}")
@@ -309,7 +164,7 @@ def make_config(**values: Any) -> TrainConfig:
     clean = {}
     for key, value in values.items():
         name = _normalize_key(key, "config")
-        clean[name] = _convert(name, value)
+        clean[name] = convert(name, value)
     cfg = TrainConfig(**clean)
     _check_consistency(cfg)
     return cfg
@@ -442,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "resume":
                 kw["nargs"] = "?"
                 kw["const"] = "auto"
-        g.add_argument(*_flags(name), **kw)
+        g.add_argument(*flags_of(name), **kw)
     return p
 
 
@@ -469,7 +324,7 @@ def output_folder(output_dir: str, dataset: str, model: str, method: str) -> Pat
     return Path(output_dir or f"runs/{dataset}-{model}-{method}")
 
 
-def _merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+def merge_settings(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """`given` over `base`; mappings (--method-opt, --model-opt) are merged key by key."""
     out = dict(base)
     for name, value in given.items():
@@ -479,44 +334,18 @@ def _merge(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resumed_settings(given: dict[str, Any]) -> dict[str, Any]:
-    """`given` (the settings flags and --config set) completed with the resumed run's own, from
-    its checkpoint: what the user leaves out stays as the run had it. Without --output-dir a
-    run folder's checkpoint is continued in that folder. UsageError for a checkpoint that cannot
-    be read, or a missing one when `given` alone is not a whole configuration."""
-    from .resume import CHECKPOINT, checkpoint_path, read_checkpoint  # checkpoint.py imports this module
-
-    key = {n: _convert(n, given[n]) if n in given else FIELDS[n].default
-           for n in ("resume", "output_dir", "dataset", "model", "method")}
-    try:
-        path = checkpoint_path(key["resume"], output_folder(key["output_dir"], key["dataset"], key["model"],
-                                                           key["method"]))
-    except UsageError as missing:
-        # Nothing to complete them from. The flags may still make a whole run (the notebooks parse
-        # their commands back from another working folder): the engine then says that there is
-        # no checkpoint when it starts. Otherwise the missing checkpoint is the error to report.
-        try:
-            make_config(**given)
-        except UsageError:
-            raise missing from None
-        return given
-    # Settings this ltp_core does not know (another version's) are left out.
-    saved = {k: v for k, v in read_checkpoint(path)["args"].items() if k in FIELDS}
-    if "output_dir" not in given and path.name == CHECKPOINT:
-        saved["output_dir"] = str(path.parent)
-    return _merge(saved, given)
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags (and --config YAML) -> a checked TrainConfig. Raises UsageError.
-
-    The parser leaves out the flags not given (argparse.SUPPRESS), so what the user set is
-    known: with --resume, every other setting comes from the checkpoint (`_resumed_settings`)
-    rather than from the defaults."""
+def given_settings(argv: list[str] | None = None) -> dict[str, Any]:
+    """{field name: raw value} of the settings the flags and the `--config` YAML file give
+    (flags over YAML), not yet checked. The parser leaves out the flags not given
+    (argparse.SUPPRESS), so what the user set is known. Raises UsageError."""
     ns = vars(build_parser().parse_args(argv))
     config_file = ns.pop("config", None)
     values = load_yaml_config(config_file) if config_file is not None else {}
-    values = _merge(values, ns)
-    if _convert("resume", values.get("resume")) is not None:
-        values = _resumed_settings(values)
-    return make_config(**values)
+    return merge_settings(values, ns)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Flags (and --config YAML) -> a checked TrainConfig, the settings not given at their
+    defaults. Raises UsageError. (`ltp-train` itself, `ltp_core.engine.train.parse_args`, also
+    takes a resumed run's settings from its checkpoint.)"""
+    return make_config(**given_settings(argv))

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import TensorSplit, loader
 from ..core.method import PruningMethod
+from ..data import TensorSplit, loader
 from ..kernels.denormals import flush_denormals
 
 __all__ = ["accuracy", "fit"]

@@ -1,4 +1,4 @@
-"""The checkpoint of an `ltp-train` run, and what resuming it may change.
+"""Resuming an `ltp-train` run: its checkpoint read back, checked against the new settings, restored.
 
 `checkpoint.pth`, in the run's folder and written atomically after every epoch, holds what
 torchvision's reference puts there (model, optimizer, lr_scheduler, scaler, epoch, args) plus
@@ -6,20 +6,39 @@ the optimizer step count, every process's RNG state, the trail's records, the me
 the class names, the number of processes and the steps per epoch: all a resumed run needs to
 be the run that was interrupted.
 
-A resume may not change a setting whose effect the checkpoint carries (`RESUME_FIXED`,
+The settings a resumed run does not give are the checkpoint's (`settings_from_checkpoint`). A
+resume may not change a setting whose effect the checkpoint carries (`RESUME_FIXED`,
 `check_settings`), and may run on another number of steps per epoch (batch size x processes)
-only where no method option counts optimizer steps (`step_scale_note`).
+only where no method option counts optimizer steps (`step_scale_note`). `restore` puts the
+states back into the new run's model, optimizer, schedule, scaler and method, and returns where
+the run stood (`Resumed`). The engine (`ltp_core.engine.train.save_checkpoint`) writes the file.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROG, TrainConfig, UsageError, flag_name, schedule_fixes_epochs
-from .weights import load_torch_file
+from torch import nn
+
+from ..core.trail import Trail
+from .config import (
+    FIELDS,
+    PROG,
+    TrainConfig,
+    UsageError,
+    convert,
+    flag_name,
+    make_config,
+    merge_settings,
+    output_folder,
+    schedule_fixes_epochs,
+)
+from .distributed import Procs, seed_all, set_rng_state
+from .weights import first_line, load_torch_file
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_KEYS", "RESUME_FIXED", "checkpoint_path", "read_checkpoint", "check_settings",
-           "step_scale_note", "inherited_records"]
+           "settings_from_checkpoint", "step_scale_note", "inherited_records", "restore", "Resumed"]
 
 CHECKPOINT = "checkpoint.pth"  # a run's checkpoint, in its output folder
 CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "args", "rng", "trail")
@@ -63,7 +82,7 @@ def check_settings(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     that the restored states carry: a different value would be overridden by the checkpoint
     without a word (or fail to load), and args.yaml would record a setting the run did not use.
     Settings not given on the command line (or in --config) are the checkpoint's already
-    (`cli.parse_args`), so these are ones the user gave."""
+    (`settings_from_checkpoint`), so these are ones the user gave."""
     for key in ("dataset", "model", "method"):
         if saved.get(key) != getattr(cfg, key):
             raise UsageError(f"--resume: {path} is a --{key} {saved.get(key)} run, this one is --{key} "
@@ -114,13 +133,55 @@ def step_scale_note(ckpt: dict[str, Any], cfg: TrainConfig, steps_per_epoch: int
             "rates per step (--lr, momentum, LTP's target_pace) now act on a different number of steps per epoch")
 
 
+def settings_from_checkpoint(given: dict[str, Any]) -> dict[str, Any]:
+    """`given` (the settings flags and --config set, `config.given_settings`) completed with the
+    resumed run's own, from its checkpoint: what the user leaves out stays as the run had it.
+    Without --output-dir a run folder's checkpoint is continued in that folder. UsageError for a
+    checkpoint that cannot be read, or a missing one when `given` alone is not a whole
+    configuration."""
+    key = {n: convert(n, given[n]) if n in given else FIELDS[n].default
+           for n in ("resume", "output_dir", "dataset", "model", "method")}
+    try:
+        path = checkpoint_path(key["resume"], output_folder(key["output_dir"], key["dataset"], key["model"],
+                                                           key["method"]))
+    except UsageError as missing:
+        # Nothing to complete them from. The flags may still make a whole run (the notebooks parse
+        # their commands back from another working folder): the engine then says that there is
+        # no checkpoint when it starts. Otherwise the missing checkpoint is the error to report.
+        try:
+            make_config(**given)
+        except UsageError:
+            raise missing from None
+        return given
+    # Settings this ltp_core does not know (another version's) are left out.
+    saved = {k: v for k, v in read_checkpoint(path)["args"].items() if k in FIELDS}
+    if "output_dir" not in given and path.name == CHECKPOINT:
+        saved["output_dir"] = str(path.parent)
+    return merge_settings(saved, given)
+
+
+def _renamed(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the names earlier versions wrote (top1, hard_top1, ...) replaced by the
+    trail's own (`Trail.RENAMED`), as `Trail` does for a trail.json it reads."""
+    if not any(old in record for old in Trail.RENAMED):
+        return record
+    record = dict(record)
+    for old, new in Trail.RENAMED.items():
+        if old in record:
+            value = record.pop(old)
+            record.setdefault(new, value)
+    return record
+
+
 def inherited_records(records: list[dict[str, Any]], source: Path, out: Path) -> list[dict[str, Any]]:
-    """The trail records of a checkpoint in folder `source`, for a run that writes into `out`.
-    Their hard-pruned checkpoints are named relative to the run's folder: resumed into another
-    folder, they name the files in `source` by absolute path (None where a file is missing, so
-    ltp-pick passes over the record instead of failing on it)."""
+    """The trail records of a checkpoint in folder `source`, for a run that writes into `out`,
+    under the trail's current names (`Trail.RENAMED`). Their hard-pruned checkpoints are named
+    relative to the run's folder: resumed into another folder, they name the files in `source`
+    by absolute path (None where a file is missing, so ltp-pick passes over the record instead
+    of failing on it)."""
+    records = [_renamed(r) for r in records]
     if source.resolve() == out.resolve():
-        return list(records)
+        return records
     inherited = []
     for r in records:
         if r.get("checkpoint"):
@@ -128,3 +189,56 @@ def inherited_records(records: list[dict[str, Any]], source: Path, out: Path) ->
             r = {**r, "checkpoint": str(file) if file.is_file() else None}
         inherited.append(r)
     return inherited
+
+
+@dataclass
+class Resumed:
+    """Where a restored run stands: epochs and optimizer steps done, the trail's records so far,
+    the epoch of the checkpoint in the run's own folder (None when it was read from elsewhere)
+    and notes for the user."""
+    epoch: int
+    step: int
+    records: list[dict[str, Any]]
+    checkpoint_epoch: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def restore(path: Path, cfg: TrainConfig, procs: Procs, out: Path, steps_per_epoch: int, *, model: nn.Module,
+            optimizer: Any, scheduler: Any, scaler: Any, method: Any) -> Resumed:
+    """Read the checkpoint at `path`, check it against `cfg` (`check_settings`,
+    `step_scale_note`), load its states into the run's model, optimizer, schedule, scaler and
+    method, and set this process's RNG state. UsageError when it does not fit."""
+    ckpt = read_checkpoint(path)
+    check_settings(ckpt["args"], cfg, path)
+    notes = []
+    note = step_scale_note(ckpt, cfg, steps_per_epoch, procs.world, path)
+    if note:
+        notes.append(note)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        if "method" in ckpt and hasattr(method, "load_state_dict"):
+            method.load_state_dict(ckpt["method"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"--resume: {path} does not fit this run ({first_line(e)})") from None
+    epoch = int(ckpt["epoch"])
+    records = inherited_records(ckpt["trail"], path.parent, out)
+    lost = sum(bool(a.get("checkpoint")) and not b.get("checkpoint") for a, b in zip(ckpt["trail"], records))
+    if lost:
+        notes.append(f"resume: {lost} trail record(s) name hard-pruned checkpoints that are not in "
+                     f"{path.parent}; ltp-pick passes over them")
+    rng = ckpt["rng"]
+    if len(rng) == procs.world:
+        set_rng_state(rng[procs.rank], procs.device)
+    else:
+        seed_all(cfg.seed * 100_003 + procs.rank + 7919 * epoch)
+        notes.append(f"resume: the checkpoint has RNG states of {len(rng)} processes, this run has "
+                     f"{procs.world}: data order and augmentation differ from the original run")
+    notes.append(f"resumed from {path} at epoch {epoch}, step {int(ckpt['step'])}")
+    # the checkpoint in this run's folder, if that is where it was read from (resumed into
+    # another folder, this run has written none yet)
+    own = path.resolve() == (out / CHECKPOINT).resolve()
+    return Resumed(epoch, int(ckpt["step"]), records, epoch if own else None, notes)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import UsageError
 from ..deploy.sparse_file import SPARSE_FORMAT, load_sparse
+from .config import UsageError
 
 __all__ = ["load_pretrained", "plain_state", "first_line", "load_torch_file"]
 

@@ -1,6 +1,6 @@
 """The pruning methods, picked by name: LTP and the methods it is compared with.
 
-    method = build("gmp", model, final_sparsity=0.9, total_steps=1000)
+    method = build("gmp", model, sparsity=0.9, total_steps=1000)
 
     unstructured (masks / reparametrizations via torch.nn.utils.parametrize):
       ltp         Learned Threshold Pruning (Azarian et al. 2020)            ltp_core.core.ltp
@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from ..core.ltp import LTP
 from ..core.method import PruningMethod, ReparamMethod
-from .structured import StructuredMethod
 from .channels import SUPPORTED, Link, channel_links, remove_channels
 from .dsa import DSA
 from .gdp import GDP
@@ -39,6 +38,7 @@ from .l1_filter import L1Filter
 from .lats import LATS, lats_schedule
 from .magnitude import GMP, KeepMask, Magnitude, gmp_sparsity, magnitude_masks
 from .str_reparam import STR
+from .structured import StructuredMethod
 
 __all__ = ["METHODS", "build", "method_names", "PruningMethod", "ReparamMethod", "StructuredMethod", "SUPPORTED",
            "Link", "channel_links", "remove_channels", "magnitude_masks", "gmp_sparsity", "lats_schedule", "KeepMask",

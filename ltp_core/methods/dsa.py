@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.layers import prunable_layers
-from .structured import StructuredMethod
 from ..checks import check_fraction, check_number, check_steps
+from ..core.layers import prunable_layers
 from ..core.method import split_groups
 from .channels import scale_input
 from .greg import filter_l1
+from .structured import StructuredMethod
 
 __all__ = ["RankMask", "DSA"]
 

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .structured import StructuredMethod
 from ..checks import check_number
 from ..core.method import split_groups
 from .channels import scale_input
+from .structured import StructuredMethod
 
 __all__ = ["ChannelGate", "GDP"]
 

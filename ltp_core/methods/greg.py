@@ -26,9 +26,9 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .structured import StructuredMethod
 from ..checks import check_fraction, check_number, check_steps
 from .channels import Link
+from .structured import StructuredMethod
 
 __all__ = ["GReg", "filter_l1", "num_removed"]
 
@@ -227,7 +227,7 @@ class GReg(StructuredMethod):
         self._check_live()
         saved = {}
         with torch.no_grad():
-            for p, link in self.links.items():
+            for link in self.links.values():
                 for t in self._tensors(link, norm=True):
                     saved[id(t)] = (t, t.detach().clone())
             picked, self.picked = self.picked, self.removed()

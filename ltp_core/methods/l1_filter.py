@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.flops import layer_flops
-from .structured import StructuredMethod
 from .channels import remove_channels
 from .greg import filter_l1, layer_ratios, num_removed
+from .structured import StructuredMethod
 
 __all__ = ["L1Filter", "l1_keep_indices"]
 

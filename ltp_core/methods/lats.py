@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.method import ReparamMethod
 from ..checks import check_choice, check_fraction, check_number, check_steps
+from ..core.method import ReparamMethod
 
 __all__ = ["SCHEDULES", "lats_schedule", "SoftThreshold", "LATS"]
 

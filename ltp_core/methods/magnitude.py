@@ -19,9 +19,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..core.method import ReparamMethod
 from ..checks import check_choice, check_fraction, check_steps
 from ..core.layers import select_layers
+from ..core.method import ReparamMethod
 
 __all__ = ["SCOPES", "KeepMask", "magnitude_masks", "gmp_sparsity", "Magnitude", "GMP"]
 

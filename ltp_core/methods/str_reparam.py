@@ -19,9 +19,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..core.method import ReparamMethod
 from ..checks import check_number
-from ..core.method import split_groups
+from ..core.method import ReparamMethod, split_groups
 
 __all__ = ["STRThreshold", "STR"]
 

@@ -34,7 +34,7 @@ def params_dir(start: str | os.PathLike | None = None) -> Path:
         for candidate in (folder / "params", folder / "notebooks" / "params"):
             if (candidate / "ci.yaml").is_file():
                 return candidate
-    packaged = Path(__file__).resolve().parent.parent / "notebooks" / "params"
+    packaged = Path(__file__).resolve().parents[2] / "notebooks" / "params"
     if packaged.is_dir():
         return packaged
     raise FileNotFoundError(f"no notebooks/params folder with ci.yaml above {here}")

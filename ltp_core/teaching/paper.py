@@ -1,14 +1,14 @@
 """The paper's headline numbers as data, and the facts about its networks the notebooks need.
 
-    from ltp_core.paper_results import PAPER_RESULTS, markdown_table
+    from ltp_core.teaching.paper import PAPER_RESULTS, markdown_table
 
-- `PAPER_RESULTS`: what Azarian et al. report for the ImageNet networks (DESIGN 2.4): compression
+- `PAPER_RESULTS`: what Azarian et al. report for the ImageNet networks: compression
   and top-5 of the pruned network, top-5 of the dense one. Only the figures this project has
   on record are filled in; the others are None (the paper prunes those networks too).
 - `missing_requirement(model)`, `min_image_size(model)`: what a network needs to run here.
 - `markdown_table(rows)`: a results table for a notebook or report.
 
-The `ltp-train` runs that reproduce them are built by `ltp_core.runs`.
+The `ltp-train` runs that reproduce them are built by `ltp_core.teaching.runs`.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Inputs are plain: a `Trail`, a list of its record dicts (keys epoch, step, sparsity,
 compression, soft_accuracy, hard_accuracy, flops, layer_sparsity and, where recorded,
-thresholds, band_fraction; ltp-train's records also top1, hard_top1, top5, hard_top5) or a
+thresholds, band_fraction; ltp-train's records also soft_top5, hard_top5, soft_loss, hard_loss) or a
 DataFrame of them; {layer: value} dicts; tensors or arrays. Every function draws into the
 `ax=` (or `axes=`) it is given, or into a new figure, and returns what it drew into, so a
 notebook sets titles and limits afterwards with `ax.set(...)`.
@@ -41,7 +41,8 @@ __all__ = ["LABELS", "style", "records", "mark_target", "mark_dense", "mark_phas
 
 # How a record key is shown on an axis or in a legend (a notebook's `labels=` overrides any of them).
 LABELS = {"soft_accuracy": "soft", "hard_accuracy": "hard", "top1": "soft top-1", "hard_top1": "hard top-1",
-          "top5": "soft top-5", "hard_top5": "hard top-5", "band_fraction": "band fraction", "flops": "FLOPs",
+          "top5": "soft top-5", "soft_top5": "soft top-5", "hard_top5": "hard top-5", "soft_loss": "soft loss",
+          "hard_loss": "hard loss", "band_fraction": "band fraction", "flops": "FLOPs",
           "thresholds": "threshold τ", "layer_sparsity": "sparsity"}
 
 Run = Any          # a Trail, a list of record dicts, or a DataFrame with one row per record

@@ -29,7 +29,7 @@ from .notebook import PROFILE_ENV, load_profile
 
 __all__ = ["main", "find_notebooks", "notebook_parameters", "run_reports"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ReportError(Exception):
@@ -72,7 +72,7 @@ def notebook_parameters(path: Path) -> dict[str, str]:
 
 def _parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
     # Values are YAML: `-p seed 123` is an int, `-p lambdas "[0.1, 1]"` a list, `-p name abc` a
-    # string, `-p lr 1e-3` a float (YAML 1.2's reading, see cli.yaml_load).
+    # string, `-p lr 1e-3` a float (YAML 1.2's reading, see config.yaml_load).
     from ..engine.config import yaml_load
 
     overrides = {}

@@ -1,6 +1,6 @@
 """The `ltp-train` runs notebooks 05 and 07 make: their command lines and their folders.
 
-    from ltp_core.runs import train_command, command_config, prepare_run_dir
+    from ltp_core.teaching.runs import train_command, command_config, prepare_run_dir
 
 - `train_command(settings, nproc_per_node=...)`: the exact `ltp-train` / `torchrun ... -m
   ltp_core.engine.train` command line for a set of `TrainConfig` values; `command_config(cmd)` parses
@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..engine.config import FIELDS, UsageError, config_to_dict, flag_name, make_config, parse_args, schedule_fixes_epochs
+from ..engine.config import FIELDS, UsageError, config_to_dict, flag_name, make_config, schedule_fixes_epochs
 
 __all__ = ["train_flags", "train_command", "command_config", "format_command", "prepare_run_dir", "run_state",
            "repo_root", "resolve_path", "display_path", "sample_maker"]
@@ -91,7 +91,9 @@ def train_command(settings: Mapping[str, Any], *, nproc_per_node: int | str | No
 
 def command_config(command: Sequence[str]):
     """The `TrainConfig` a command from `train_command` runs (its flags parsed the way
-    `ltp-train` parses them)."""
+    `ltp-train` parses them, `ltp_core.engine.train.parse_args`)."""
+    from ..engine.train import parse_args
+
     words = list(command)
     if "ltp_core.engine.train" in words:
         flags = words[words.index("ltp_core.engine.train") + 1:]
@@ -215,7 +217,7 @@ def sample_maker() -> ModuleType:
     """`data/make_tiny_imagenet.py` of the repository as a module (its functions
     `make_tiny_imagenet` and `make_cifar10_sample` write tiny datasets in the real layouts)."""
     candidates = [repo_root() / "data" / "make_tiny_imagenet.py",
-                  Path(__file__).resolve().parent.parent / "data" / "make_tiny_imagenet.py"]
+                  Path(__file__).resolve().parents[2] / "data" / "make_tiny_imagenet.py"]
     for path in candidates:
         if path.is_file():
             spec = importlib.util.spec_from_file_location("make_tiny_imagenet", path)
