@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -11,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_save", "write_target", "nearest_existing", "publish"]
+__all__ = ["atomic_write_bytes", "atomic_save", "standard_json", "write_target", "nearest_existing", "publish"]
 
 
 def _umask_mode() -> int:
@@ -97,3 +99,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def standard_json(obj: Any) -> bytes:
+    """`obj` as indented, standard JSON: NaN and infinities (which jq, JavaScript and pandas'
+    strict readers refuse) become null, and tensors and numpy scalars become numbers."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), indent=1, allow_nan=False, default=lambda number: finite(float(number))).encode()

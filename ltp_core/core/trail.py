@@ -16,21 +16,10 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_save, atomic_write_bytes
+from ..io import atomic_save, atomic_write_bytes, standard_json
 from .measure import measure
 
 __all__ = ["Trail", "format_compression"]
-
-
-def _finite_or_none(value: Any) -> Any:
-    """`value` with every non-finite float (in dicts and lists, at any depth) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -45,10 +34,7 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     for i, r in enumerate(records):
         if not isinstance(r, dict):
             raise ValueError(f"{path} is not a trail file (record {i}: not a mapping)")
-        for old, new in Trail.RENAMED.items():
-            if old in r:
-                value = r.pop(old)
-                r.setdefault(new, value)
+        r = records[i] = Trail.renamed(r)
         for k in Trail.REQUIRED:
             if isinstance(r.get(k), bool) or not isinstance(r.get(k), (int, float)):
                 raise ValueError(f"{path} is not a trail file (record {i}: {k!r} is missing or not a number)")
@@ -81,6 +67,12 @@ class Trail:
     # Names trail files of earlier versions used for values that now have one name each.
     RENAMED = {"top1": "soft_accuracy", "hard_top1": "hard_accuracy", "top5": "soft_top5",
                "val_loss": "soft_loss", "hard_val_loss": "hard_loss"}
+
+    @classmethod
+    def renamed(cls, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with the names of earlier versions (top1, hard_top1, ...) replaced by today's."""
+        return {cls.RENAMED.get(k, k): v for k, v in record.items()
+                if not (k in cls.RENAMED and cls.RENAMED[k] in record)}
 
     def __init__(self, directory: str | os.PathLike | None = None, *,
                  records: list[dict[str, Any]] | None = None) -> None:
@@ -134,9 +126,7 @@ class Trail:
 
     # -- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
-        # NaN and Infinity are not JSON (jq, JavaScript and pandas' strict readers refuse them).
-        return json.dumps(_finite_or_none({"records": self.records}), indent=1, allow_nan=False,
-                          default=lambda number: _finite_or_none(float(number)))  # tensors, numpy scalars
+        return standard_json({"records": self.records}).decode()
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the trail as JSON (atomically) to `path` or `<directory>/trail.json`."""

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..core.ltp import LTP, prunable_layers
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, standard_json
 from ..kernels.denormals import flush_denormals
 from ..models import torchvision_models
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     named = {**overrides, **short}
     custom = "" if not named else "-" + "-".join(f"{k}{v}" for k, v in sorted(named.items()))
     out = args.output or Path("reports/benchmarks") / f"{result['date']}-{args.preset}{custom}.json"
-    atomic_write_bytes(out, json.dumps(result, indent=1).encode())
+    atomic_write_bytes(out, standard_json(result))
     print(f"\nwritten: {out}")
     return 0
 

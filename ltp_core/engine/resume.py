@@ -160,26 +160,13 @@ def settings_from_checkpoint(given: dict[str, Any]) -> dict[str, Any]:
     return merge_settings(saved, given)
 
 
-def _renamed(record: dict[str, Any]) -> dict[str, Any]:
-    """`record` with the names earlier versions wrote (top1, hard_top1, ...) replaced by the
-    trail's own (`Trail.RENAMED`), as `Trail` does for a trail.json it reads."""
-    if not any(old in record for old in Trail.RENAMED):
-        return record
-    record = dict(record)
-    for old, new in Trail.RENAMED.items():
-        if old in record:
-            value = record.pop(old)
-            record.setdefault(new, value)
-    return record
-
-
 def inherited_records(records: list[dict[str, Any]], source: Path, out: Path) -> list[dict[str, Any]]:
     """The trail records of a checkpoint in folder `source`, for a run that writes into `out`,
     under the trail's current names (`Trail.RENAMED`). Their hard-pruned checkpoints are named
     relative to the run's folder: resumed into another folder, they name the files in `source`
     by absolute path (None where a file is missing, so ltp-pick passes over the record instead
     of failing on it)."""
-    records = [_renamed(r) for r in records]
+    records = [Trail.renamed(r) for r in records]
     if source.resolve() == out.resolve():
         return records
     inherited = []
