@@ -1,4 +1,4 @@
-"""The soft mask and the autograd of v = w * m (DESIGN §2.1), checked in float64."""
+"""The soft mask and the autograd of v = w * m, checked in float64."""
 import pytest
 import torch
 

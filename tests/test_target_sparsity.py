@@ -23,7 +23,7 @@ from ltp_core.engine.config import UsageError, method_options, parse_args
 from ltp_core.engine.fit import accuracy, fit
 from ltp_core.models import get_model, mlp, small_cnn
 
-TOLERANCE = 0.02  # the issue's +-2 points
+TOLERANCE = 0.02  # +-2 points of sparsity
 
 
 @pytest.fixture(scope="module")

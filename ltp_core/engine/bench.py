@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import datetime
 import difflib
-import json
 import platform
 import random
 import statistics
