@@ -29,8 +29,6 @@ from .layers import PRUNABLE_TYPES
 __all__ = ["count_flops", "layer_flops"]
 
 
-_LAYERS = PRUNABLE_TYPES
-
 
 def _storage_address(t: object) -> int | None:
     # None for what has no memory of its own to match (non-tensors, sparse or meta tensors)
@@ -88,7 +86,7 @@ def layer_flops(model: nn.Module, example_input: Tensor) -> dict[str, int]:
         # cached(): a parametrized weight is computed once, so the tensor seen here is the
         # one the forward multiplies by.
         with parametrize.cached(), _attention_fast_path_off():
-            owners = {_storage_address(m.weight): n for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+            owners = {_storage_address(m.weight): n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
             by_weight = _FlopsByWeight(owners)
             with counter, by_weight:
                 model(example_input)
@@ -102,7 +100,7 @@ def count_flops(model: nn.Module, example_input: Tensor, densities: dict[str, fl
     """Effective FLOPs of one forward: the dense count with each layer named in `densities`
     (layer name -> fraction of weights kept) scaled by its density."""
     densities = dict(densities or {})
-    layers = [n for n, m in model.named_modules() if isinstance(m, _LAYERS)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     unknown = sorted(set(densities) - set(layers))
     if unknown:
         raise ValueError(f"densities name {unknown}, which are not Conv/Linear layers of the model; valid: {layers}")

@@ -162,7 +162,7 @@ def build_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, examp
 def build_optimizer(cfg: TrainConfig, model: nn.Module, method: Any) -> torch.optim.Optimizer:
     """The optimizer over the method's `param_groups` (its own parameters, e.g. LTP's
     thresholds, in a group without weight decay), or over the model's for dense training."""
-    if method is not None and hasattr(method, "param_groups"):
+    if method is not None:
         extra = {"threshold_lr": cfg.ltp_threshold_lr} if cfg.ltp_threshold_lr is not None else {}
         groups = method.param_groups(weight_decay=cfg.weight_decay, **extra)
     else:

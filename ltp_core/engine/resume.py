@@ -207,7 +207,7 @@ def restore(path: Path, cfg: TrainConfig, procs: Procs, out: Path, steps_per_epo
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         if ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
-        if "method" in ckpt and hasattr(method, "load_state_dict"):
+        if "method" in ckpt and method is not None:
             method.load_state_dict(ckpt["method"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UsageError(f"--resume: {path} does not fit this run ({first_line(e)})") from None

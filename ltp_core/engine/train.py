@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core.measure import measure
+from ..core.method import PruningMethod
 from ..core.trail import Trail, format_compression
 from ..data import DataError, ImageDatasets
 from ..io import atomic_save, atomic_write_bytes
@@ -96,7 +97,7 @@ class RunResult:
     """What `run` returns: the trained model (the bare module, not the DDP wrapper, with the
     method still attached), the method (None for dense), the trail, the last evaluation."""
     model: nn.Module
-    method: Any
+    method: PruningMethod | None
     trail: Trail
     config: TrainConfig
     output_dir: Path | None
@@ -113,7 +114,7 @@ class Run:
     data: ImageDatasets
     loaders: Loaders
     model: nn.Module
-    method: Any
+    method: PruningMethod | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -259,8 +260,6 @@ def train_one_epoch(r: Run) -> dict[str, float]:
     r.ddp.train()
     r.loaders.sampler.set_epoch(r.epoch)
     r.loaders.rng.manual_seed(cfg.seed * 100_003 + procs.rank + 7919 * (r.epoch + 1))
-    regularizer = getattr(r.method, "regularizer", None)
-    after_step = getattr(r.method, "after_step", None)
     images = r.steps_per_epoch * cfg.batch_size * procs.world
     bar = tqdm(total=images, unit="img", unit_scale=True, desc=f"epoch {r.epoch + 1}/{cfg.epochs}",
                disable=not (procs.main and cfg.progress), leave=False, dynamic_ncols=True)
@@ -274,7 +273,7 @@ def train_one_epoch(r: Run) -> dict[str, float]:
             task = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             for a in aux:
                 task = task + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
-        loss = task + regularizer() if regularizer is not None else task
+        loss = task + r.method.regularizer() if r.method is not None else task
         # One all-reduce gives the mean loss for the log and, since a NaN or inf anywhere
         # makes the sum non-finite, lets every process stop at the same step.
         both = all_reduce(torch.stack([loss.detach(), task.detach()]).double(), procs) / procs.world
@@ -288,8 +287,8 @@ def train_one_epoch(r: Run) -> dict[str, float]:
         r.scaler.step(r.optimizer)
         r.scaler.update()
         r.step += 1
-        if after_step is not None:
-            after_step(schedule_step(r, i + 1))
+        if r.method is not None:
+            r.method.after_step(schedule_step(r, i + 1))
         sums += both
         bar.update(cfg.batch_size * procs.world)
         bar.set_postfix(loss=f"{float(both[0]):.4f}", refresh=False)
@@ -366,7 +365,7 @@ def record_evaluation(r: Run, extra: dict[str, Any]) -> dict[str, Any]:
         record["thresholds"] = {n: float(t.detach()) for n, t in thresholds.items()}
     state = None
     if r.cfg.trail_checkpoints and r.trail.directory is not None:
-        state = r.method.hard_state_dict() if hasattr(r.method, "hard_state_dict") else r.model.state_dict()
+        state = r.method.hard_state_dict() if r.method is not None else r.model.state_dict()
     return r.trail.record(step=r.step, epoch=r.epoch, state_dict=state, **fields, **record)
 
 
@@ -399,7 +398,7 @@ def save_checkpoint(r: Run) -> None:
             "epoch": r.epoch, "step": r.step, "args": config_to_dict(r.cfg), "rng": states,
             "trail": r.trail.records, "classes": list(r.data.classes), "world_size": r.procs.world,
             "steps_per_epoch": r.steps_per_epoch}
-    if hasattr(r.method, "state_dict"):
+    if r.method is not None:
         ckpt["method"] = r.method.state_dict()
     atomic_save(ckpt, r.out / CHECKPOINT)
     r.checkpoint_epoch = r.epoch
