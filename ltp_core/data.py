@@ -1,7 +1,10 @@
 """Datasets the suite trains on, none of them downloaded.
 
 - digits: scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), real
-  data that ships with the library, split into a seeded stratified train/test pair.
+  data that ships with the library, split into a seeded stratified train/test pair, with an
+  optional validation split carved from the training share (choices are made on it; the
+  test split is only reported). `write_digits_cifar10` also writes them in CIFAR-10's
+  on-disk format, so the real CIFAR-10 loader can read them.
 - synthetic: a seeded Gaussian-cluster classification task of any size.
 
 For the training engine (`ltp_core.engine.train`), `build_datasets(name, path)` gives image datasets:
@@ -20,47 +23,74 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader", "DataError", "ImageDatasets", "DATASETS",
            "build_datasets", "imagenet_folder", "imagenet_transforms", "cifar10_folder", "SyntheticImages",
-           "synthetic_images", "digits_images", "image_sizes", "read_image"]
+           "synthetic_images", "digits_images", "image_sizes", "read_image", "write_digits_cifar10"]
 
 
 @dataclass
 class TensorSplit:
-    """Train/test tensors of a small in-memory dataset.
+    """Train/validation/test tensors of a small in-memory dataset.
 
     x_*: float32, shape (N, 64) for flat digits or (N, 1, 8, 8) as images; y_*: int64 (N,).
+    x_val/y_val are None when no validation split was asked for. The validation split is for
+    choosing (recipes, calibration, picking from a trail); the test split is only reported.
     """
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     def to(self, device: str | torch.device) -> TensorSplit:
-        return TensorSplit(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                           self.y_test.to(device), self.num_classes)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TensorSplit(move(self.x_train), move(self.y_train), move(self.x_test), move(self.y_test),
+                           self.num_classes, move(self.x_val), move(self.y_val))
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        """(x, y) of 'train', 'val' or 'test'; asking for 'val' without one is a ValueError."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; valid splits: ['train', 'val', 'test']")
+        x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+        if x is None:
+            raise ValueError("this TensorSplit has no validation split; load it with val_fraction > 0")
+        return x, y
 
 
-def load_digits(test_fraction: float = 0.25, seed: int = 0, images: bool = False) -> TensorSplit:
+def load_digits(test_fraction: float = 0.25, seed: int = 0, images: bool = False,
+                val_fraction: float = 0.0) -> TensorSplit:
     """scikit-learn's bundled digits, standardized with the training split's mean and std.
 
     Args:
         test_fraction: share held out for testing, in (0, 1); stratified by class.
         seed: fixes the split.
         images: False gives flat (N, 64) rows, True (N, 1, 8, 8) images.
+        val_fraction: share of the *training* part held out for validation, in [0, 1);
+            stratified; 0 gives no validation split. The test split does not depend on it.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = sk_load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    x_tr, x_te = torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32)
+    x_va = y_va = None
+    if val_fraction > 0:
+        x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=val_fraction, random_state=seed,
+                                                  stratify=y_tr)
+    as_x = lambda a: None if a is None else torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    x_tr, x_va, x_te = as_x(x_tr), as_x(x_va), as_x(x_te)
     mean, std = x_tr.mean(0), x_tr.std(0).clamp_min(1e-3)  # some border pixels are always 0
-    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    norm = lambda t: None if t is None else (t - mean) / std  # noqa: E731
+    x_tr, x_va, x_te = norm(x_tr), norm(x_va), norm(x_te)
     if images:
         x_tr, x_te = x_tr.view(-1, 1, 8, 8), x_te.view(-1, 1, 8, 8)
-    return TensorSplit(x_tr, torch.tensor(y_tr), x_te, torch.tensor(y_te), 10)
+        x_va = None if x_va is None else x_va.view(-1, 1, 8, 8)
+    return TensorSplit(x_tr, torch.tensor(y_tr), x_te, torch.tensor(y_te), 10,
+                       x_va, None if y_va is None else torch.tensor(y_va))
 
 
 def make_synthetic(num_train: int = 1024, num_test: int = 512, num_features: int = 32, num_classes: int = 4,
@@ -372,3 +402,53 @@ def _need_path(name: str, path) -> Path:
     if path is None or str(path) == "":
         raise DataError(f"dataset {name!r} needs --data-path (see data/README.md)")
     return Path(path)
+
+
+DIGITS_CIFAR_CLASSES = tuple(f"digit {i}" for i in range(10))
+
+
+def write_digits_cifar10(root: str | os.PathLike, test_fraction: float = 0.25, seed: int = 0) -> Path:
+    """Write scikit-learn's bundled digits in CIFAR-10's on-disk format under
+    `<root>/cifar-10-batches-py/` and return `root`, so `cifar10_folder(root)` (torchvision's
+    `CIFAR10(download=False)`) reads real handwritten digits.
+
+    Each 8x8 image (grey levels 0..16) is scaled to 0..255, enlarged to 32x32 (bilinear) and
+    repeated over the three colour planes; the rows are CIFAR's uint8 layout (1024 red values,
+    then green, then blue). The stratified test split of `load_digits(test_fraction, seed)`
+    becomes `test_batch` (1797 images: 450 test at 0.25) and the rest five `data_batch_*`
+    files. Real digits at CIFAR's size: accuracy, pruning and the trail show a trade-off, where a
+    synthetic stand-in is separable at once. Each file is written atomically; an existing
+    folder is rewritten.
+    """
+    import pickle
+
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    from .io import atomic_write_bytes
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    x, y = sk_load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+
+    def rows(flat: np.ndarray) -> np.ndarray:
+        grey = torch.tensor(flat, dtype=torch.float32).view(-1, 1, 8, 8) * (255.0 / 16.0)
+        big = torch.nn.functional.interpolate(grey, size=(32, 32), mode="bilinear", align_corners=False)
+        return big.round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).reshape(len(flat), 3 * 32 * 32).numpy()
+
+    folder = Path(root).expanduser() / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, label: str, xs: np.ndarray, ys: np.ndarray) -> None:
+        batch = {"batch_label": label, "labels": [int(v) for v in ys], "data": rows(xs),
+                 "filenames": [f"digit_{label.split()[0]}_{i}.png" for i in range(len(ys))]}
+        atomic_write_bytes(folder / name, pickle.dumps(batch))
+
+    for i, part in enumerate(np.array_split(np.arange(len(y_tr)), 5), start=1):
+        write(f"data_batch_{i}", f"training batch {i} of 5", x_tr[part], y_tr[part])
+    write("test_batch", "testing batch 1 of 1", x_te, y_te)
+    meta = {"label_names": list(DIGITS_CIFAR_CLASSES), "num_cases_per_batch": -(-len(y_tr) // 5), "num_vis": 3072}
+    atomic_write_bytes(folder / "batches.meta", pickle.dumps(meta))
+    return Path(root).expanduser()

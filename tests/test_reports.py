@@ -42,7 +42,7 @@ def notebooks(tmp_path):
     _notebook(folder, "01_first")
     _notebook(folder, "02_second")
     (folder / "params" / "ci.yaml").write_text("01_first:\n  scale: 0.5\n")
-    (folder / "params" / "paper.yaml").write_text("02_second:\n  scale: 3\n")
+    (folder / "params" / "full.yaml").write_text("02_second:\n  scale: 3\n")
     return folder
 
 
@@ -65,7 +65,7 @@ def test_runs_profile_with_overrides_and_writes_index(notebooks, tmp_path):
 
 def test_only_selects_notebooks(notebooks, tmp_path):
     out = tmp_path / "out"
-    assert main(["--profile", "paper", "--only", "02_second", "--output-dir", str(out),
+    assert main(["--profile", "full", "--only", "02_second", "--output-dir", str(out),
                  "--notebooks-dir", str(notebooks)]) == 0
     assert _metrics(out, "02_second")["metrics"]["scale"] == 3
     assert not (out / "01_first").exists()
@@ -84,7 +84,7 @@ def test_failed_notebook_is_named_and_last_good_report_kept(notebooks, tmp_path,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--profile", "nope"], "unknown profile 'nope'; valid profiles: ['ci', 'default', 'paper']"),
+    (["--profile", "nope"], "unknown profile 'nope'; valid profiles: ['ci', 'default', 'full']"),
     (["--only", "03_missing"], "unknown notebook(s) ['03_missing']; valid: ['01_first', '02_second']"),
     (["-p", "sede", "1"], "unknown parameter(s) ['sede'] for notebook 01_first; valid: ['scale', 'seed']"),
 ])
@@ -128,7 +128,7 @@ def test_papermill_reads_every_parameter_of_the_suites_notebooks(stem):
     assert set(papermill.inspect_notebook(str(path))) == set(declared)
 
 
-@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+@pytest.mark.parametrize("profile", ["ci", "default", "full"])
 def test_every_profile_sets_only_parameters_the_notebooks_declare(profile):
     runs = _resolve_runs(profile, None, {}, NOTEBOOKS)
     assert list(runs) == list(find_notebooks(NOTEBOOKS)) and len(runs) == 8

@@ -1,6 +1,6 @@
 """`ltp-reports`: execute the notebooks with papermill under a profile and index the results.
 
-    ltp-reports --profile {ci,default,paper} [--only STEM ...] [-p NAME VALUE ...] [--output-dir DIR]
+    ltp-reports --profile {ci,default,full} [--only STEM ...] [-p NAME VALUE ...] [--output-dir DIR]
 
 For each notebook `notebooks/<stem>.ipynb` (in teaching order) it injects the profile's
 parameters from `notebooks/params/<profile>.yaml` (`default`: none, the notebook's own
