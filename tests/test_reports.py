@@ -150,3 +150,35 @@ def test_a_claim_on_nan_or_a_tensor_fails_or_holds_and_never_raises(tmp_path):
         claims.write_metrics({"loss": float("inf")}, tmp_path, "nb")
     metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["metrics"]["loss"] == "inf"
+
+
+def test_seed_sweep_tables_every_metric_and_the_seeds_each_claim_held_at(notebooks, tmp_path, capsys):
+    # The body's claim "scale is positive" fails when scale <= 0; make it depend on the seed.
+    path = notebooks / "01_first.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace('scale, ">", 0', 'scale - seed, ">", 0')
+    nbformat.write(nb, path)
+    out = tmp_path / "seeds"
+    code = main(["--seeds", "0-2", "--only", "01_first", "-p", "scale", "1.5", "--output-dir", str(out),
+                 "--notebooks-dir", str(notebooks)])
+    assert code == 1  # seed 2: 1.5 - 2 <= 0, the claim fails there
+    data = json.loads((out / "01_first.json").read_text())
+    claim = data["claims"][0]
+    assert claim["held_at"] == [0, 1] and claim["failed_at"] == [2] and data["seeds"] == [0, 1, 2]
+    scale = next(r for r in data["metrics"] if r["metric"] == "scale")
+    assert scale["mean"] == 1.5 and scale["std"] == 0.0 and scale["n"] == 3
+    assert not any(r["metric"] == "seed" for r in data["metrics"])
+    table = (out / "01_first.md").read_text()
+    assert "Not every claim held" in table and "| scale is positive | 0 1 | 2 |" in table
+    assert "ltp-reports --seeds 0,1,2 --profile default --only 01_first" in table
+    assert "01_first: 1 claim(s) failed" in capsys.readouterr().out
+    assert (out / "runs" / "default" / "seed-2" / "01_first.failed" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("text, message", [("4-0", "runs backwards"), ("1", "at least two distinct"),
+                                           ("a,b", "expected a range"), ("0-", "expected a range")])
+def test_bad_seed_lists_are_refused_by_name(text, message):
+    from ltp_core.teaching.reports import parse_seeds
+
+    with pytest.raises(ReportError, match=message):
+        parse_seeds(text)

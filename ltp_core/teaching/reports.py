@@ -1,6 +1,7 @@
 """`ltp-reports`: execute the notebooks with papermill under a profile and index the results.
 
     ltp-reports --profile {ci,default,full} [--only STEM ...] [-p NAME VALUE ...] [--output-dir DIR]
+    ltp-reports --seeds 0-4 [--profile default] [--only STEM ...] [--output-dir DIR]
 
 For each notebook `notebooks/<stem>.ipynb` (in teaching order) it injects the profile's
 parameters from `notebooks/params/<profile>.yaml` (`default`: none, the notebook's own
@@ -11,6 +12,11 @@ an index of every notebook's claims and key metrics.
 Each notebook runs in a scratch folder first; only a successful run replaces
 `DIR/<stem>/`, so a failure never destroys the last good report (the failed run is kept
 as `DIR/<stem>.failed/`). The command exits 1 naming every notebook that failed.
+
+With `--seeds`, each notebook runs once per seed (DIR defaults to `reports/seeds/`; the executed
+copies go to `DIR/runs/<profile>/seed-<n>/`) and `DIR/<stem>.md` and `DIR/<stem>.json` give, for
+every numeric metric, its mean, standard deviation, minimum and maximum over the seeds, and for
+every claim the seeds at which it held. The command exits 1 when any claim failed at any seed.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ from tqdm.auto import tqdm
 
 from .notebook import PROFILE_ENV, load_profile
 
-__all__ = ["main", "find_notebooks", "notebook_parameters", "run_reports"]
+__all__ = ["main", "find_notebooks", "notebook_parameters", "run_reports", "parse_seeds", "seed_table",
+           "run_seed_sweep"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,10 +218,126 @@ def run_reports(profile: str, only: list[str] | None = None, overrides: dict[str
     return results
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' and '0-2,9' work too. At least two distinct seeds."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise ReportError(f"--seeds {text!r}: expected a range like 0-4 or a list like 0,1,2 of "
+                              "non-negative integers") from None
+        if last < first:
+            raise ReportError(f"--seeds {text!r}: the range {part.strip()} runs backwards")
+        seeds += range(first, last + 1)
+    if any(s < 0 for s in seeds) or len(set(seeds)) < 2:
+        raise ReportError(f"--seeds {text!r}: give at least two distinct non-negative seeds, e.g. 0-4")
+    return sorted(set(seeds))
+
+
+def _numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a metrics mapping, nested keys joined by '.' (booleans excluded)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_numbers(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def seed_table(stem: str, per_seed: dict[int, Path | None], profile: str = "default") -> tuple[str, dict[str, Any]]:
+    """Markdown and JSON summaries of one notebook run at several seeds.
+
+    `per_seed` maps each seed to its metrics.json (None when the run wrote none). Metrics are the
+    numeric leaves of "metrics" other than `seed`; claims are matched by their text."""
+    import statistics
+
+    seeds = sorted(per_seed)
+    values: dict[str, dict[int, float]] = {}
+    claims: dict[str, dict[int, dict[str, Any]]] = {}
+    missing = [s for s in seeds if per_seed[s] is None or not Path(per_seed[s]).is_file()]
+    for seed in seeds:
+        if seed in missing:
+            continue
+        found, metrics = _claims_and_metrics(Path(per_seed[seed]))
+        for name, v in _numbers(metrics).items():
+            if name != "seed":
+                values.setdefault(name, {})[seed] = v
+        for c in found:
+            claims.setdefault(c["claim"], {})[seed] = c
+    rows = []
+    for name, by_seed in values.items():
+        xs = list(by_seed.values())
+        rows.append({"metric": name, "n": len(xs), "mean": statistics.fmean(xs),
+                     "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "min": min(xs), "max": max(xs),
+                     "per_seed": {str(k): v for k, v in by_seed.items()}})
+    claim_rows = []
+    for text, by_seed in claims.items():
+        held = [s for s in seeds if s in by_seed and by_seed[s]["holds"]]
+        failed = [s for s in seeds if s in by_seed and not by_seed[s]["holds"]]
+        absent = [s for s in seeds if s not in by_seed and s not in missing]
+        claim_rows.append({"claim": text, "held_at": held, "failed_at": failed, "absent_at": absent,
+                           "bound": next(iter(by_seed.values())).get("bound", ""),
+                           "values": {str(s): c.get("value") for s, c in by_seed.items()}})
+    data = {"notebook": stem, "profile": profile, "seeds": seeds, "missing_runs": missing,
+            "claims": claim_rows, "metrics": rows,
+            "command": f"ltp-reports --seeds {','.join(map(str, seeds))} --profile {profile} --only {stem}"}
+    all_held = not missing and all(not r["failed_at"] and not r["absent_at"] for r in claim_rows)
+    lines = [f"# {stem}: {len(seeds)} seeds, profile `{profile}`", "",
+             f"Made by `{data['command']}`. Seeds: {', '.join(map(str, seeds))}.",
+             "Every claim held at every seed." if all_held else "**Not every claim held at every seed** (see below).",
+             ""]
+    if missing:
+        lines += [f"No metrics.json at seed(s) {missing}: the run stopped before its last cell.", ""]
+    lines += ["| claim | held at seeds | failed at seeds | bound | values (seed: value) |", "|---|---|---|---|---|"]
+    for r in claim_rows:
+        vals = ", ".join(f"{s}: {_format_value(v)}" for s, v in r["values"].items())
+        lines.append(f"| {_cell(r['claim'])} | {' '.join(map(str, r['held_at'])) or '-'} | "
+                     f"{' '.join(map(str, r['failed_at'] + r['absent_at'])) or '-'} | {_cell(r['bound'])} | {vals} |")
+    lines += ["", "| metric | mean | std | min | max | n |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{_cell(r['metric'])}` | {r['mean']:.4g} | {r['std']:.2g} | {r['min']:.4g} | {r['max']:.4g} "
+              f"| {r['n']} |" for r in rows]
+    return "\n".join(lines) + "\n", data
+
+
+def run_seed_sweep(seeds: list[int], profile: str = "default", only: list[str] | None = None,
+                   overrides: dict[str, Any] | None = None, output_dir: Path | None = None,
+                   notebooks_dir: Path | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the selected notebooks at every seed and write `<output_dir>/<stem>.md` and `.json`
+    (see `seed_table`); returns {stem: the JSON summary}."""
+    from ..io import atomic_write_bytes, standard_json
+
+    if "seed" in (overrides or {}):
+        raise ReportError("give the seeds with --seeds, not -p seed")
+    output_dir = Path(output_dir or REPO_ROOT / "reports" / "seeds").resolve()
+    runs_dir = output_dir / "runs" / profile
+    stems = list(_resolve_runs(profile, only, overrides or {}, Path(notebooks_dir or REPO_ROOT / "notebooks")))
+    per_stem: dict[str, dict[int, Path | None]] = {stem: {} for stem in stems}
+    for seed in seeds:
+        results = run_reports(profile, stems, {**(overrides or {}), "seed": seed}, runs_dir / f"seed-{seed}",
+                              notebooks_dir, progress)
+        for stem, status in results.items():
+            folder = runs_dir / f"seed-{seed}" / (stem if status == "ok" else f"{stem}.failed")
+            per_stem[stem][seed] = folder / "metrics.json" if (folder / "metrics.json").is_file() else None
+    summaries = {}
+    for stem, per_seed in per_stem.items():
+        text, data = seed_table(stem, per_seed, profile)
+        atomic_write_bytes(output_dir / f"{stem}.md", text.encode())
+        atomic_write_bytes(output_dir / f"{stem}.json", standard_json(data))
+        summaries[stem] = data
+    return summaries
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltp-reports", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="default",
-                   help="ci (seconds, CPU), default (the notebooks' own defaults), paper (GPU, real data)")
+                   help="ci (seconds, CPU), default (the notebooks' own defaults), full (GPU, real data)")
+    p.add_argument("--seeds", metavar="SEEDS",
+                   help="run each notebook at these seeds (e.g. 0-4) and write a table per notebook to "
+                        "DIR/<stem>.md (DIR defaults to reports/seeds/)")
     p.add_argument("--only", nargs="+", metavar="STEM", help="run only these notebooks, e.g. 02_toy_mlp")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="override a parameter (VALUE read as YAML), applied after the profile")
@@ -229,6 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _parse_overrides(args.parameter)
         if "output_dir" in overrides:
             raise ReportError("set the output folder with --output-dir, not -p output_dir")
+        if args.seeds is not None:
+            summaries = run_seed_sweep(parse_seeds(args.seeds), args.profile, args.only, overrides,
+                                       args.output_dir, args.notebooks_dir)
+            out = Path(args.output_dir or REPO_ROOT / "reports" / "seeds")
+            bad = 0
+            for stem, data in summaries.items():
+                failed = [r for r in data["claims"] if r["failed_at"] or r["absent_at"]]
+                bad += bool(failed or data["missing_runs"])
+                state = "every claim held at every seed" if not (failed or data["missing_runs"]) else \
+                    f"{len(failed)} claim(s) failed at some seed" + (
+                        f", no metrics at seeds {data['missing_runs']}" if data["missing_runs"] else "")
+                print(f"{stem}: {state}; table: {out / (stem + '.md')}")
+            return 1 if bad else 0
         results = run_reports(args.profile, args.only, overrides, args.output_dir, args.notebooks_dir)
     except ReportError as e:
         print(f"ltp-reports: error: {e}", file=sys.stderr)
