@@ -108,6 +108,29 @@ def test_torchrun_two_processes_on_imagenet_layout(tiny_imagenet, tmp_path):
     assert args["model"] == "mobilenet_v3_small" and args["batch_size"] == 4
 
 
+def test_two_processes_train_exactly_what_one_process_does_on_the_same_global_batches(tmp_path):
+    # DistributedSampler deals one shuffled order out rank by rank, so two processes with batch 16
+    # see, step by step, the same 32 images that one process with batch 32 sees; DDP averages the
+    # two ranks' mean gradients, which is the 32-image mean. Without batch norm (whose statistics
+    # are per process) the weights and the thresholds must then agree to float rounding.
+    flags = ["-m", "ltp_core.engine.train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "--opt", "sgd",
+             "--lr", "0.05", "--weight-decay", "0", "--ltp-lambda", "2", "--ltp-t0", "0.05", "--ltp-threshold-lr",
+             "1e-3", "-j", "0", "--device", "cpu", "--no-progress", "--no-trail-checkpoints", "--seed", "3"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    runs = [[PY, *flags, "-b", "32", "--output-dir", str(one)],
+            [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *flags, "-b", "16", "--output-dir", str(two)]]
+    for cmd in runs:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = _checkpoint(one), _checkpoint(two)
+    assert b["world_size"] == 2 and a["world_size"] == 1 and a["step"] == b["step"] == 2 * (1347 // 32)
+    assert set(a["model"]) == set(b["model"])
+    thresholds = [k for k in a["model"] if k.endswith("threshold")]
+    assert thresholds and all(float(a["model"][k]) > 0 for k in thresholds)  # training moved the thresholds
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_single_process_on_cifar10_folder(tiny_cifar, tmp_path):
     out = tmp_path / "run"
     cmd = [PY, "-m", "ltp_core.engine.train", "--dataset", "cifar10", "--data-path", str(tiny_cifar),
