@@ -1,5 +1,6 @@
 """`python -m ltp_core.engine.bench` runs end to end (one tiny step per variant; no timing asserted)."""
 import json
+import re
 
 import pytest
 import torch
@@ -68,19 +69,27 @@ def test_bench_gpu_preset_runs_on_cuda_and_reports_peak_memory():
     assert result["device_name"] == torch.cuda.get_device_name()
 
 
-def test_a_small_run_never_replaces_the_dated_report(tmp_path, monkeypatch, capsys):
+def test_a_small_run_is_named_by_its_time_commit_and_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert bench.main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--image-size", "16"]) == 0
     written = list((tmp_path / "reports" / "benchmarks").iterdir())
-    assert [p.name.split("-", 3)[-1] for p in written] == ["cpu-batch_size2-image_size16-steps1-warmup0.json"]
-    assert json.loads(written[0].read_text())["warmup"] == 1  # the step it did take
+    result = json.loads(written[0].read_text())
+    assert [p.name for p in written] == [
+        f"{result['started']}-{result['commit']}-cpu-batch_size2-image_size16-steps1-warmup0.json"]
+    assert result["warmup"] == 1  # the step it did take
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d{6}", result["started"])
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+dirty)?|unknown", result["commit"])
 
 
-def test_a_short_run_of_the_presets_sizes_never_replaces_the_dated_report(tmp_path, monkeypatch, capsys):
+def test_every_run_keeps_its_own_file(tmp_path, monkeypatch, capsys):
     tiny = bench.run_benchmark("cpu", steps=1, warmup=1, batch_size=2, image_size=16)
-    monkeypatch.setattr(bench, "run_benchmark", lambda *args, **kwargs: tiny)
+    runs = iter([{**tiny, "started": f"2026-12-02T10000{i}"} for i in range(3)])
+    monkeypatch.setattr(bench, "run_benchmark", lambda *args, **kwargs: next(runs))
     monkeypatch.chdir(tmp_path)
     assert bench.main(["--steps", "1", "--warmup", "0"]) == 0
-    assert bench.main(["--steps", "25"]) == 0  # longer than the default: the dated report
-    names = sorted(p.name.split("-", 3)[-1] for p in (tmp_path / "reports" / "benchmarks").iterdir())
-    assert names == ["cpu-steps1-warmup0.json", "cpu.json"]
+    assert bench.main(["--steps", "25"]) == 0
+    assert bench.main(["--steps", "25"]) == 0  # the same settings again: a second file, none replaced
+    names = sorted(p.name for p in (tmp_path / "reports" / "benchmarks").iterdir())
+    commit = tiny["commit"]
+    assert names == [f"2026-12-02T100000-{commit}-cpu-steps1-warmup0.json", f"2026-12-02T100001-{commit}-cpu.json",
+                     f"2026-12-02T100002-{commit}-cpu.json"]

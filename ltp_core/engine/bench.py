@@ -114,6 +114,7 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
     cfg = {**PRESETS[preset], **overrides}
+    started = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     device = cfg["device"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("the gpu preset needs a CUDA GPU; none is available here")
@@ -178,12 +179,35 @@ def run_benchmark(preset: str = "cpu", steps: int = 20, warmup: int = 10, seed: 
         "memory_ratio_ltp_eager_dense": (peak["ltp_eager"] / peak["dense"]) if peak["dense"] else None,
         "ltp_compiled_layers": compiled_layers, "ltp_layers": len(ltp.layers),
         "finalize_s": finalize_s, "ltp_sparsity": ltp_sparsity,
-        "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(), "started": started, "commit": source_commit(),
+        "torch": torch.__version__,
         "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
                         else platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(),
     }
     return result
+
+
+def source_commit() -> str:
+    """The short git commit of the checkout the benchmark runs from, '+dirty' when it has
+    uncommitted changes to tracked files; 'unknown' outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "") if commit else "unknown"
+
+
+def default_output(result: dict, custom: str = "") -> Path:
+    """reports/benchmarks/<start time>-<commit>-<preset><custom>.json: one file per run, never
+    overwritten by a later one."""
+    return Path("reports/benchmarks") / f"{result['started']}-{result['commit']}-{result['preset']}{custom}.json"
 
 
 def format_table(r: dict) -> str:
@@ -214,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--model")
-    p.add_argument("--output", type=Path, help="JSON file (default reports/benchmarks/<date>-<preset>.json, with "
-                   "the settings in the name when --batch-size, --image-size or --model change them or --steps "
+    p.add_argument("--output", type=Path, help="JSON file (default reports/benchmarks/<time>-<commit>-<preset>.json, "
+                   "with the settings in the name when --batch-size, --image-size or --model change them or --steps "
                    "or --warmup are below their defaults)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("image_size", args.image_size),
@@ -226,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
-    # A run of the preset's sizes, at least as long as the default one, goes to the dated report;
-    # other sizes and shorter runs get a name of their own, so a quick run never replaces it.
+    # Every run gets a file of its own (start time and commit in the name); other sizes and shorter
+    # runs also carry their settings, so a quick run is never mistaken for the preset's report.
     short = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup)) if v < p.get_default(k)}
     named = {**overrides, **short}
     custom = "" if not named else "-" + "-".join(f"{k}{v}" for k, v in sorted(named.items()))
-    out = args.output or Path("reports/benchmarks") / f"{result['date']}-{args.preset}{custom}.json"
+    out = args.output or default_output(result, custom)
     atomic_write_bytes(out, standard_json(result))
     print(f"\nwritten: {out}")
     return 0
