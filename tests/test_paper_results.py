@@ -1,13 +1,35 @@
-"""The paper's numbers and the torchrun commands notebook 07 builds from settings."""
+"""The paper's numbers, the dense references they start from, and the torchrun commands notebook 07 builds."""
 import pytest
 
-from ltp_core.teaching.paper import PAPER_RESULTS, markdown_table
+from ltp_core.teaching.paper import DENSE_REFERENCE, PAPER_RESULTS, markdown_table, paper_table, torchvision_reference
 from ltp_core.teaching.runs import command_config, train_command
 
 
-def test_paper_headline_numbers():
-    assert PAPER_RESULTS["alexnet"].compression == pytest.approx(26.4)
-    assert PAPER_RESULTS["resnet50"].compression == pytest.approx(9.1)
+@pytest.mark.parametrize("model", sorted(DENSE_REFERENCE))
+def test_dense_reference_is_torchvisions_weights_table(model):
+    # the one dense figure per network the notebook shows must be what torchvision's table says
+    ref = DENSE_REFERENCE[model]
+    table = torchvision_reference(ref.weights)
+    assert (ref.top1, ref.top5) == pytest.approx((table.top1, table.top5), abs=1e-9)
+    assert ref.weights.endswith("IMAGENET1K_V1")  # the first torchvision weights: the paper's starting point
+
+
+def test_paper_table_shows_the_dense_reference_with_its_source():
+    rows = {r["network"]: r for r in paper_table()}
+    resnet = torchvision_reference("ResNet50_Weights.IMAGENET1K_V1")
+    assert rows["resnet50"]["dense top-5"] == pytest.approx(resnet.top5)
+    assert "ResNet50_Weights.IMAGENET1K_V1" in rows["resnet50"]["dense source"]
+    assert rows["mixnet_s"]["dense top-5"] is None and rows["mixnet_s"]["library"] == "timm"
+
+
+@pytest.mark.parametrize("model", [m for m, r in PAPER_RESULTS.items() if r.on_record])
+def test_paper_figures_are_consistent(model):
+    paper, dense = PAPER_RESULTS[model], DENSE_REFERENCE[model]
+    assert 1 / (1 - paper.sparsity) == pytest.approx(paper.compression)
+    # the target the notebook imposes (rounded to 4 digits) lands on the paper's compression
+    assert 1 / (1 - round(paper.sparsity, 4)) == pytest.approx(paper.compression, rel=2e-3)
+    # the paper's headline: pruned top-5 within one point of the dense network it starts from
+    assert abs(paper.top5 - dense.top5) <= 0.01
 
 
 def test_torchrun_command_round_trips_to_the_same_settings():
