@@ -7,19 +7,23 @@ ImageNet is `ltp_core.engine.train`; this one keeps the notebooks short.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..core.layers import own_class, select_layers
 from ..core.method import PruningMethod
+from ..core.trail import Trail
 from ..data import TensorSplit, loader
 from ..kernels.denormals import flush_denormals
+from ..methods.magnitude import KeepMask
 
-__all__ = ["accuracy", "fit"]
+__all__ = ["accuracy", "fit", "fit_with_trail", "fit_fixed_mask"]
 
 
 @torch.no_grad()
@@ -82,3 +86,57 @@ def fit(model: nn.Module, data: TensorSplit, optimizer: torch.optim.Optimizer, *
             history.append(entry)
             bar.set_postfix(acc=f"{entry['test_accuracy']:.3f}")
     return history
+
+
+def fit_with_trail(model: nn.Module, data: TensorSplit, optimizer: torch.optim.Optimizer, trail: Trail, *,
+                   method: PruningMethod, epochs: int, splits: Sequence[str] = ("val",), eval_every: int = 1,
+                   example_input: Tensor | None = None, extra: Callable[[], dict[str, Any]] | None = None,
+                   **options: Any) -> list[dict[str, Any]]:
+    """`fit` with a pruning `method`, recording the run in `trail`: once before the first step
+    (the network the run starts from, epoch 0) and every `eval_every` epochs (and after the last).
+
+    Each record is `Trail.record_pruner`'s: sparsity, FLOPs of `example_input` and, for every
+    split s of `splits` ("train", "val", "test"), the top-1 accuracy with the soft masks and
+    with the hard ones, as `soft_<s>_accuracy` and `hard_<s>_accuracy`, plus whatever `extra()`
+    returns (e.g. LTP's thresholds). Record on the validation split what a network will be
+    chosen by (`Trail.pick(accuracy_key="hard_val_accuracy")`); the test split only reports.
+    A trail with a directory also keeps each record's hard-pruned checkpoint. `options` go to
+    `fit`; returns its history.
+    """
+    for split in splits:
+        data.split(split)  # an unknown split, or "val" without one: ValueError before any training
+
+    def evaluate() -> dict[str, float]:
+        return {f"{s}_accuracy": accuracy(model, *data.split(s)) for s in splits}
+
+    def on_eval(epoch: int, step: int) -> dict[str, Any]:
+        entry = trail.record_pruner(method, evaluate, step=step, epoch=epoch, example_input=example_input,
+                                    **(extra() if extra is not None else {}))
+        return {k: v for k, v in entry.items() if k == "sparsity" or k.endswith("_accuracy")}
+
+    on_eval(0, 0)
+    return fit(model, data, optimizer, epochs=epochs, method=method, eval_every=eval_every, on_eval=on_eval,
+               **options)
+
+
+def fit_fixed_mask(model: nn.Module, data: TensorSplit, optimizer: torch.optim.Optimizer, *, epochs: int,
+                   **options: Any) -> list[dict[str, Any]]:
+    """Fine-tune a pruned plain `model` with its mask fixed: `fit`, with every Conv/Linear
+    weight that is exactly 0 now held at 0. Returns `fit`'s history (`options` go to `fit`).
+
+    Each layer's weight w is trained through w * m, m = (w != 0) taken at the call (a
+    `KeepMask` parametrization): a pruned weight is 0 in every forward and gets no gradient,
+    whatever the optimizer does with it. Afterwards the masks are baked in (w * m) and
+    removed, so the model is plain again, with the same zeros. The parameters stay the same
+    objects, so `optimizer` may be built before the call. A model that still carries a
+    pruning method's parametrization (finalize it first) is refused with a ValueError.
+    """
+    layers = [module for _, module in select_layers(model)]
+    for module in layers:
+        parametrize.register_parametrization(module, "weight", KeepMask(module.weight != 0))
+    try:
+        return fit(model, data, optimizer, epochs=epochs, **options)
+    finally:
+        for module in layers:
+            own_class(module)  # deep copies of the model keep working
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
