@@ -11,10 +11,10 @@ The sparse file (`save_sparse`, `load_sparse`, `sparse_summary`) is `ltp_core.sp
 named here too; this module adds ONNX export and sparse inference.
 
 Sparse inference: torch has no sparse convolution, but its CSR matrix product (MKL on x86
-CPUs, cuSPARSE on GPUs) beats a dense Linear when the weight is large and very sparse.
-Measured on one CPU thread (float32, batch 64): a 1024x1024 layer runs ~3x faster at 90%
-sparsity and ~6x at 95%, while a 256x64 layer gains nothing and small batches of small
-layers get slower. `compare_inference` measures it for your model; do not assume.
+CPUs, cuSPARSE on GPUs) can beat a dense Linear when the weight is large and very sparse;
+whether it does depends on the layer, its sparsity, the batch size and the machine.
+`compare_inference` measures it for your model, and notebook 08 sweeps sparsity and batch
+size on one layer; do not assume.
 """
 from __future__ import annotations
 
