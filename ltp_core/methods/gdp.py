@@ -18,6 +18,8 @@ from the producers, their BatchNorms and the consumers: the function is unchange
 
 Simplification: GDP's smoothed-L0 gate x^2 / (x^2 + eps) with eps annealing and its
 alternating FLOPs-constrained solver are replaced by clipped gates and the regularizer above.
+`BudgetedGDP` puts a FLOPs budget back in the simplest way: polarize for part of the run, then
+cut the lowest gates until the network meets the budget, and fine-tune the rest.
 Supported models: see `ltp_core.methods.channels.SUPPORTED` (no residual networks yet; GDP's
 gates shared across a skip connection would come with them).
 """
@@ -30,12 +32,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..checks import check_number
+from ..checks import check_fraction, check_number
 from ..core.method import split_groups
+from .budget import FlopsModel
 from .channels import scale_input
 from .structured import StructuredMethod
 
-__all__ = ["ChannelGate", "GDP"]
+__all__ = ["ChannelGate", "GDP", "BudgetedGDP"]
 
 
 class ChannelGate(nn.Module):
@@ -136,3 +139,90 @@ class GDP(StructuredMethod):
             with torch.no_grad():
                 for p, g in gates.items():
                     g.copy_(saved[p])
+
+
+class BudgetedGDP(GDP):
+    """GDP under a FLOPs budget: polarization first, then a cut to the budget, then fine-tuning.
+
+    Plain GDP removes the gates that polarization drives to exactly 0; how many die depends on
+    lambda_, and in jumps (a layer's gates move together as the mean they polarize against
+    moves), so no lambda_ lands reliably within one channel of a budget. Here polarization runs
+    for the first `cut_fraction` of the run; at that step the gates are cut in ascending order
+    (the ones polarization drove down go first), each cut priced with a `FlopsModel`, until the
+    network's FLOPs are at most `budget` of the dense FLOPs; a cut that would undershoot the
+    budget by more than `tolerance` is skipped in favour of cheaper channels. The cut gates are
+    held at exactly 0, polarization is switched off (lambda_ = 0) and the rest of the run
+    fine-tunes. `finalize()` folds and removes as GDP does.
+
+    Args:
+        budget: FLOPs of the pruned network / dense FLOPs, in (0, 1].
+        tolerance: >= 0, how far below the budget a cut may land.
+        cut_fraction: in (0, 1], the fraction of `total_steps` after which the cut happens.
+        total_steps, example_input: required (the cut's step; the FLOPs model).
+        other options: as `GDP`.
+    """
+
+    STEP_OPTIONS = ("total_steps",)
+
+    def __init__(self, model: nn.Module, *, budget: float, tolerance: float = 0.0, cut_fraction: float = 0.5,
+                 total_steps: int | None = None, example_input: Tensor | None = None, **options) -> None:
+        self.budget = check_fraction("budget", budget, allow_one=True, allow_zero=False)
+        self.tolerance = check_number("tolerance", tolerance)
+        cut_fraction = check_fraction("cut_fraction", cut_fraction, allow_one=True, allow_zero=False)
+        if total_steps is None or example_input is None:
+            raise ValueError("BudgetedGDP needs total_steps (when to cut) and example_input (the FLOPs model)")
+        self.flops_model = FlopsModel(model, example_input)  # before the gates change the layers' types
+        super().__init__(model, example_input=example_input, total_steps=total_steps, **options)
+        self.cut_step = max(1, round(cut_fraction * total_steps))
+        self.cut: dict[str, Tensor] | None = None  # {producer: bool (C,), True = removed}
+        self.gates_at_cut: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Project the gates onto [0, 1]; cut at `cut_step`; from then on hold the cut gates at 0."""
+        super().after_step(step)
+        if self.cut is None and step >= self.cut_step:
+            self.cut_to_budget()
+        if self.cut is not None:
+            for p, g in self.gates.items():
+                g[self.cut[p]] = 0.0
+
+    @torch.no_grad()
+    def cut_to_budget(self) -> dict[str, Tensor]:
+        """Choose the removed channels: the lowest gates first, until the FLOPs meet the budget
+        (a layer keeps at least one channel). Sets `cut`, `gates_at_cut`, lambda_ = 0."""
+        gates = {p: g.detach().cpu().clone() for p, g in self.gates.items()}
+        kept = {p: g.numel() for p, g in gates.items()}
+        removed = {p: torch.zeros(g.numel(), dtype=torch.bool) for p, g in gates.items()}
+        fraction = self.flops_model.fraction
+        for _, p, i in sorted((float(v), p, i) for p, g in gates.items() for i, v in enumerate(g.tolist())):
+            if fraction(kept) <= self.budget:
+                break
+            if kept[p] == 1:
+                continue
+            kept[p] -= 1
+            if fraction(kept) < self.budget - self.tolerance:
+                kept[p] += 1  # too costly a channel to cut now: try cheaper ones
+                continue
+            removed[p][i] = True
+        self.cut = {p: r.to(self.gates[p].device) for p, r in removed.items()}
+        self.gates_at_cut = gates
+        self.lambda_ = 0.0
+        return self.cut
+
+    def keep_indices(self) -> dict[str, Tensor]:
+        """Before the cut as GDP; after it, every channel that was not cut."""
+        if self.cut is None:
+            return super().keep_indices()
+        return {p: (~r).nonzero().flatten() for p, r in self.cut.items()}
+
+    def state_dict(self) -> dict:
+        """The cut (None before it) and lambda_, for checkpoints."""
+        return {"lambda_": float(self.lambda_),
+                "cut": None if self.cut is None else {p: r.cpu().tolist() for p, r in self.cut.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lambda_ = float(state["lambda_"])
+        cut = state.get("cut")
+        self.cut = None if cut is None else {p: torch.tensor(r, dtype=torch.bool, device=self.gates[p].device)
+                                             for p, r in cut.items()}

@@ -1,0 +1,110 @@
+"""The FLOPs budget of channel pruning: FlopsModel, uniform_filter_ratio, BudgetedGDP."""
+import pytest
+import torch
+from torch import nn
+
+from ltp_core.core.flops import layer_flops
+from ltp_core.methods.budget import FlopsModel, uniform_filter_ratio
+from ltp_core.methods.channels import channel_links, remove_channels
+from ltp_core.methods.gdp import BudgetedGDP
+from ltp_core.methods.greg import num_removed
+from ltp_core.models import mlp, resnet20, small_cnn
+
+
+def cnn():
+    torch.manual_seed(0)
+    return small_cnn(channels=(8, 16, 24)), torch.randn(1, 1, 8, 8)
+
+
+@pytest.mark.parametrize("kept", [{}, {"0": 3}, {"0": 5, "3": 7}, {"0": 1, "3": 1, "6": 1}, {"6": 20}])
+def test_flops_model_equals_flops_measured_on_the_smaller_network(kept):
+    model, x = cnn()
+    fm = FlopsModel(model, x)
+    dense = layer_flops(model, x)["total"]
+    smaller = remove_channels(model, {p: torch.arange(k) for p, k in kept.items()}, channel_links(model))
+    assert fm.fraction(kept) == pytest.approx(layer_flops(smaller, x)["total"] / dense, abs=1e-12)
+
+
+def test_flops_model_on_an_mlp_and_its_refusals():
+    torch.manual_seed(0)
+    model, x = mlp(hidden=(48, 32), batch_norm=True), torch.randn(1, 64)
+    fm = FlopsModel(model, x)
+    assert fm.fraction({}) == 1.0
+    names = list(fm.channels)
+    smaller = remove_channels(model, {names[0]: torch.arange(12)}, channel_links(model))
+    assert fm.fraction({names[0]: 12}) == pytest.approx(layer_flops(smaller, x)["total"] / fm.dense["total"])
+    with pytest.raises(ValueError, match="valid"):
+        fm.fraction({"nonexistent": 3})
+    with pytest.raises(ValueError, match="residual"):
+        FlopsModel(resnet20(), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+def test_uniform_filter_ratio_is_the_grid_point_closest_to_the_budget(budget):
+    model, x = cnn()
+    fm = FlopsModel(model, x)
+    ratio = uniform_filter_ratio(fm, budget)
+
+    def fraction(r):
+        return fm.fraction({p: c - num_removed(r, c) for p, c in fm.channels.items()})
+
+    grid = [i / 100 for i in range(96)]
+    assert abs(fraction(ratio) - budget) == pytest.approx(min(abs(fraction(r) - budget) for r in grid))
+    assert abs(fraction(ratio) - budget) < 0.05
+    with pytest.raises(ValueError, match="budget"):
+        uniform_filter_ratio(fm, 0.0)
+
+
+def train_gdp(budget, tolerance, steps=12, cut_fraction=0.5):
+    model, x = cnn()
+    gdp = BudgetedGDP(model, budget=budget, tolerance=tolerance, cut_fraction=cut_fraction, total_steps=steps,
+                      example_input=x, lambda_=0.05)
+    opt = torch.optim.Adam(gdp.param_groups(gate_lr=0.05), lr=1e-2)
+    torch.manual_seed(1)
+    xs, ys = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    lambdas = []
+    for step in range(1, steps + 1):
+        loss = nn.functional.cross_entropy(model(xs), ys) + gdp.regularizer()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        gdp.after_step(step)
+        lambdas.append(gdp.lambda_)
+    return gdp, x, lambdas
+
+
+@pytest.mark.parametrize("budget", [0.4, 0.6])
+def test_budgeted_gdp_cuts_the_lowest_gates_to_the_budget(budget):
+    gdp, x, lambdas = train_gdp(budget, tolerance=0.03)
+    assert gdp.cut_step == 6
+    assert lambdas[4] == 0.05 and lambdas[5] == 0.0  # polarization until the cut, fine-tuning after
+    cut = gdp.cut
+    for p, g in gdp.gates.items():                    # the cut gates are held at exactly 0
+        assert torch.all(g.detach()[cut[p]] == 0)
+    # within each layer the cut took the lowest gates at the cut
+    for p, before in gdp.gates_at_cut.items():
+        if cut[p].any() and (~cut[p]).any():
+            assert before[cut[p].cpu()].max() <= before[(~cut[p]).cpu()].min()
+    fraction = gdp.flops_model.fraction(gdp.kept_channels())
+    assert budget - 0.03 <= fraction <= budget
+    dense = layer_flops(gdp.model, x)["total"]
+    with torch.no_grad(), gdp.hard_masks():
+        hard = gdp.model(x)
+    assert gdp.flops(x) / dense == pytest.approx(fraction, abs=1e-12)   # the model prices it exactly
+    gdp.finalize()
+    assert torch.allclose(gdp.model(x), hard, atol=1e-5)              # removal does not change the function
+
+
+def test_budgeted_gdp_state_dict_round_trip_and_refusals():
+    gdp, x, _ = train_gdp(0.5, tolerance=0.03)
+    state = gdp.state_dict()
+    model, _ = cnn()
+    other = BudgetedGDP(model, budget=0.5, total_steps=12, example_input=x)
+    assert other.cut is None and other.state_dict()["cut"] is None
+    other.load_state_dict(state)
+    assert other.lambda_ == 0.0
+    assert {p: r.tolist() for p, r in other.cut.items()} == {p: r.tolist() for p, r in gdp.cut.items()}
+    with pytest.raises(ValueError, match="total_steps"):
+        BudgetedGDP(cnn()[0], budget=0.5, example_input=x)
+    with pytest.raises(ValueError, match="budget"):
+        BudgetedGDP(cnn()[0], budget=1.5, total_steps=10, example_input=x)
