@@ -457,7 +457,7 @@ def method_comparison(table: Any, *, dense_accuracy: float, budget_accuracy: flo
                         legend=ax is axes[1])
         mark_dense(ax, dense_accuracy)
         if budget_accuracy is not None:
-            ax.axhline(budget_accuracy, color="k", ls=":", lw=1, label="dense + budget")
+            ax.axhline(budget_accuracy, color="k", ls=":", lw=1, label="dense, same total epochs")
         ax.set(title=title, xlim=(0, 1.02))
     if target_sparsity is not None:
         mark_target(axes[0], target_sparsity, sparsity_tolerance, label=None, color="tab:green", axis="x")
