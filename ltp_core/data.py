@@ -13,17 +13,19 @@ and `SyntheticImages` (FakeData-style, learnable) for smoke runs.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 __all__ = ["TensorSplit", "load_digits", "make_synthetic", "loader", "DataError", "ImageDatasets", "DATASETS",
            "build_datasets", "imagenet_folder", "imagenet_transforms", "cifar10_folder", "SyntheticImages",
-           "synthetic_images", "digits_images", "image_sizes", "read_image", "write_digits_cifar10"]
+           "synthetic_images", "digits_images", "image_sizes", "read_image", "write_digits_cifar10",
+           "carve_validation", "dataset_labels"]
 
 
 @dataclass
@@ -162,6 +164,12 @@ class ImageDatasets:
     classes: list[str]
     sample_shape: tuple[int, int, int]
     notes: list[str] = field(default_factory=list)
+    # The training images under the evaluation transform (no augmentation): what a validation
+    # split carved from training is read through (`carve_validation`). None: same as `train`.
+    train_eval: Dataset | None = None
+    # After `carve_validation`: the dataset's own held-out split, reported only (`val` is then
+    # the carved validation split, the one choices are made on).
+    test: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -236,7 +244,20 @@ def imagenet_folder(path: str | os.PathLike, train_crop_size: int = 224, val_res
     if len(train.classes) < 2:
         raise DataError(f"{root / 'train'} has {len(train.classes)} class folder; a classifier needs at least 2")
     shape = tuple(val[0][0].shape)  # read_image: a DataError naming the file when it cannot be read
-    return ImageDatasets(train, val, list(train.classes), shape)
+    return ImageDatasets(train, val, list(train.classes), shape, train_eval=_with_transform(train, val_tf))
+
+
+def _with_transform(dataset, transform):
+    """A shallow copy of a torchvision dataset (same file list or arrays, nothing re-read)
+    whose images go through `transform`."""
+    import copy
+
+    from torchvision.datasets.vision import StandardTransform
+
+    twin = copy.copy(dataset)
+    twin.transform = transform
+    twin.transforms = StandardTransform(transform, getattr(dataset, "target_transform", None))
+    return twin
 
 
 def _cifar10_class():
@@ -285,6 +306,7 @@ def cifar10_folder(path: str | os.PathLike, augment: bool = True) -> ImageDatase
     try:
         train = local(str(root), train=True, transform=train_tf, download=False)
         val = local(str(root), train=False, transform=val_tf, download=False)
+        train_eval = _with_transform(train, val_tf) if augment else None
         shape = tuple(val[0][0].shape)
     except Exception as e:  # unpickling garbage raises anything from UnpicklingError to KeyError
         culprit = _bad_cifar_file(batches) or batches
@@ -292,7 +314,7 @@ def cifar10_folder(path: str | os.PathLike, augment: bool = True) -> ImageDatase
     if len(train.classes) < 2 or int(max(train.targets)) >= len(train.classes):
         raise DataError(f"{batches}: batches.meta names {len(train.classes)} classes but the labels go up to "
                         f"{int(max(train.targets))}")
-    return ImageDatasets(train, val, list(train.classes), shape, notes)
+    return ImageDatasets(train, val, list(train.classes), shape, notes, train_eval=train_eval)
 
 
 def _bad_cifar_file(batches: Path) -> Path | None:
@@ -398,6 +420,42 @@ def image_sizes(name: str, *, train_crop_size: int = 224, val_crop_size: int = 2
     raise ValueError(f"unknown dataset {name!r}; valid datasets: {sorted(DATASETS)}")
 
 
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Every label of an image dataset, in order: `targets` where torchvision keeps them
+    (ImageFolder, CIFAR10), the label tensor of a TensorDataset, else read item by item."""
+    if hasattr(dataset, "targets"):
+        return [int(t) for t in dataset.targets]
+    if isinstance(dataset, TensorDataset):
+        return [int(t) for t in dataset.tensors[1]]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def carve_validation(data: ImageDatasets, fraction: float, seed: int = 0) -> ImageDatasets:
+    """Hold out a stratified `fraction` of the training images as the validation split, read
+    without augmentation (`train_eval`). Returns new ImageDatasets: `train` the rest, `val`
+    the carved split (for choices: a checkpoint from the trail, a recipe, a calibration) and
+    `test` the dataset's own held-out split, which is then only reported. The same `seed`
+    carves the same images; disjoint from training by construction."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    if data.test is not None:
+        raise ValueError("these datasets already have a carved validation split")
+    labels = dataset_labels(data.train)
+    count = math.ceil(fraction * len(labels))  # as scikit-learn's train_test_split counts it
+    if not len(data.classes) <= count <= len(labels) - len(data.classes):
+        raise ValueError(f"val_fraction {fraction} holds out {count} of {len(labels)} training images; the "
+                         f"validation and the training split each need at least one image per class "
+                         f"({len(data.classes)})")
+    stratify = labels if min(labels.count(c) for c in set(labels)) >= 2 else None
+    # test_size as a fraction, as load_digits(val_fraction=...) splits (the same count, rounded up)
+    keep, held = train_test_split(list(range(len(labels))), test_size=fraction, random_state=seed, stratify=stratify)
+    train_eval = data.train if data.train_eval is None else data.train_eval
+    return ImageDatasets(Subset(data.train, sorted(keep)), Subset(train_eval, sorted(held)), data.classes,
+                         data.sample_shape, list(data.notes), test=data.val)
+
+
 def _need_path(name: str, path) -> Path:
     if path is None or str(path) == "":
         raise DataError(f"dataset {name!r} needs --data-path (see data/README.md)")
@@ -407,7 +465,8 @@ def _need_path(name: str, path) -> Path:
 DIGITS_CIFAR_CLASSES = tuple(f"digit {i}" for i in range(10))
 
 
-def write_digits_cifar10(root: str | os.PathLike, test_fraction: float = 0.25, seed: int = 0) -> Path:
+def write_digits_cifar10(root: str | os.PathLike, test_fraction: float = 0.25, seed: int = 0,
+                         per_class: int | None = None) -> Path:
     """Write scikit-learn's bundled digits in CIFAR-10's on-disk format under
     `<root>/cifar-10-batches-py/` and return `root`, so `cifar10_folder(root)` (torchvision's
     `CIFAR10(download=False)`) reads real handwritten digits.
@@ -417,8 +476,9 @@ def write_digits_cifar10(root: str | os.PathLike, test_fraction: float = 0.25, s
     then green, then blue). The stratified test split of `load_digits(test_fraction, seed)`
     becomes `test_batch` (1797 images: 450 test at 0.25) and the rest five `data_batch_*`
     files. Real digits at CIFAR's size: accuracy, pruning and the trail show a trade-off, where a
-    synthetic stand-in is separable at once. Each file is written atomically; an existing
-    folder is rewritten.
+    synthetic stand-in is separable at once. `per_class` keeps only the first that many images
+    of each class in each split (a small real sample for quick tests). Each file is written
+    atomically; an existing folder is rewritten.
     """
     import pickle
 
@@ -431,7 +491,14 @@ def write_digits_cifar10(root: str | os.PathLike, test_fraction: float = 0.25, s
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     x, y = sk_load_digits(return_X_y=True)
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be a positive number of images per class (or None for all), got {per_class}")
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    if per_class is not None:
+        def first(ys: np.ndarray) -> np.ndarray:
+            return np.sort(np.concatenate([np.flatnonzero(ys == c)[:per_class] for c in np.unique(ys)]))
+        keep_tr, keep_te = first(y_tr), first(y_te)
+        x_tr, y_tr, x_te, y_te = x_tr[keep_tr], y_tr[keep_tr], x_te[keep_te], y_te[keep_te]
 
     def rows(flat: np.ndarray) -> np.ndarray:
         grey = torch.tensor(flat, dtype=torch.float32).view(-1, 1, 8, 8) * (255.0 / 16.0)

@@ -1,10 +1,12 @@
 """The training engine (`ltp_core.engine.train`) and its CLI schema (`ltp_core.engine.config`).
 
-The end-to-end runs use tiny datasets written in the real layouts by `data/make_tiny_imagenet.py`:
-a 2-process torchrun (gloo) run on an ImageNet-layout folder, a 1-process run on a CIFAR-10
-pickle folder, an exact `--resume`, clean one-line errors, head replacement with
-`--pretrained`, a NaN stop that keeps the last good checkpoint, and the AMP / channels_last
-paths (CUDA ones skip without a GPU).
+The end-to-end runs use tiny datasets in the real layouts: `data/make_tiny_imagenet.py`'s
+ImageNet-layout folder for a 2-process torchrun (gloo) run, and real handwritten digits written
+in CIFAR-10's pickle format (`write_digits_cifar10`, 4 per class and split) for a 1-process
+CIFAR-10 run; also a run that chooses on validation carved from training (--val-fraction), an
+exact `--resume`, clean one-line errors, head replacement with `--pretrained`, a NaN stop
+that keeps the last good checkpoint, and the AMP / channels_last paths (CUDA ones skip
+without a GPU).
 """
 from __future__ import annotations
 
@@ -23,7 +25,14 @@ import yaml
 
 from ltp_core import LTP
 from ltp_core.core.trail import Trail
-from ltp_core.data import SyntheticImages, build_datasets, image_sizes
+from ltp_core.data import (
+    SyntheticImages,
+    build_datasets,
+    carve_validation,
+    dataset_labels,
+    image_sizes,
+    write_digits_cifar10,
+)
 from ltp_core.engine import distributed, train
 from ltp_core.engine.build import check_input_sizes
 from ltp_core.engine.config import UsageError, make_config, method_options
@@ -52,7 +61,8 @@ def tiny_imagenet(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory) -> Path:
-    return _samples_module().make_cifar10_sample(tmp_path_factory.mktemp("data") / "tiny-cifar10", per_batch=8)
+    """scikit-learn's digits in CIFAR-10's on-disk format, 4 images per class in each split."""
+    return write_digits_cifar10(tmp_path_factory.mktemp("data") / "digits-cifar10", per_class=4)
 
 
 def _env() -> dict[str, str]:
@@ -138,17 +148,65 @@ def test_single_process_on_cifar10_folder(tiny_cifar, tmp_path):
            "-j", "0", "--no-progress", "--output-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "resnet20 on cifar10 (10 classes, 40 train / 8 val images)" in proc.stdout
+    assert "resnet20 on cifar10 (10 classes, 40 train / 40 val images)" in proc.stdout
     assert "differ from the official CIFAR-10 release" in proc.stdout
     trail = Trail.load(out)
     assert len(trail) == 2 and trail[-1]["step"] == 5
     assert "conv1" not in trail[-1]["layer_sparsity"] and "fc" not in trail[-1]["layer_sparsity"]
     ckpt = _checkpoint(out)
-    assert ckpt["classes"][0] == "airplane" and ckpt["model"]["fc.bias"].shape == (10,)
+    assert ckpt["classes"][0] == "digit 0" and ckpt["model"]["fc.bias"].shape == (10,)
     # args.yaml repeats the run: the same settings come back through --config
     again = parse_args(["--config", str(out / "args.yaml")])
     assert again == make_config(**yaml.safe_load((out / "args.yaml").read_text()))
     assert again.ltp_exclude == ["first", "last"] and again.model == "resnet20"
+
+
+def test_val_fraction_measures_the_trail_on_validation_carved_from_training(tmp_path):
+    # digits: 1347 training / 450 test images; --val-fraction 0.2 holds out 270 training images
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "ltp_core.engine.train", "--dataset", "digits", "--model", "mlp", "--epochs", "2", "-b", "64",
+           "--lr", "0.1", "--ltp-lambda", "2", "--ltp-t0", "0.05", "--val-fraction", "0.2", "-j", "0",
+           "--device", "cpu", "--no-progress", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mlp on digits (10 classes, 1077 train / 270 val / 450 test images)" in proc.stdout
+    assert "270 training images held out for validation" in proc.stdout
+    trail = Trail.load(out)
+    for record in trail:
+        for key in ("soft_accuracy", "hard_accuracy", "soft_test_accuracy", "hard_test_accuracy", "hard_test_top5"):
+            assert 0 <= record[key] <= 1, key
+    # the two splits are different images: their accuracies differ somewhere along the trail
+    assert any(r["hard_accuracy"] != r["hard_test_accuracy"] for r in trail)
+    assert args_of(out)["val_fraction"] == 0.2
+    # ltp-pick chooses on validation and reports the chosen record's test accuracy beside it
+    pick = subprocess.run([PY, "-m", "ltp_core.deploy.pick", str(out), "--max-drop", "0.05"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert pick.returncode == 0 and "hard_test_accuracy" in pick.stdout and "(test split, reported)" in pick.stdout
+    refused = subprocess.run([PY, "-m", "ltp_core.deploy.pick", str(out), "--max-drop", "0.05", "--key",
+                              "hard_test_accuracy"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert refused.returncode == 2 and "is the test split's: it is reported, not chosen on" in refused.stderr
+
+
+def test_carve_validation_holds_out_unaugmented_training_images(tiny_cifar):
+    data = build_datasets("cifar10", tiny_cifar)
+    carved = carve_validation(data, 0.25, seed=1)
+    assert (len(carved.train), len(carved.val), len(carved.test)) == (30, 10, 40)
+    assert carved.test is data.val and carved.classes == data.classes
+    assert sorted(dataset_labels(carved.val)) == list(range(10))  # stratified: one image per class
+    assert not set(carved.train.indices) & set(carved.val.indices)
+    x1, x2 = carved.val[0][0], carved.val[0][0]
+    assert torch.equal(x1, x2)  # read without augmentation (random crops and flips would differ)
+    assert carve_validation(data, 0.25, seed=1).val.indices == carved.val.indices  # the seed fixes the images
+    with pytest.raises(ValueError, match="val_fraction must be in \\(0, 1\\), got 1.0"):
+        carve_validation(data, 1.0)
+    with pytest.raises(ValueError, match="holds out 4 of 40 training images; .* at least one image per class"):
+        carve_validation(data, 0.1)
+    with pytest.raises(ValueError, match="already have a carved validation split"):
+        carve_validation(carved, 0.25)
+
+
+def args_of(out: Path) -> dict:
+    return yaml.safe_load((out / "args.yaml").read_text())
 
 
 def test_resume_continues_exactly(tiny_imagenet, tmp_path, monkeypatch):

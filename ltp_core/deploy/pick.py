@@ -6,7 +6,11 @@
     python -m ltp_core.deploy.pick runs/imagenet-resnet50-ltp --max-sparsity 0.8 --key hard_top5
 
 A run's output folder holds `trail.json` (one record per evaluation) and a hard-pruned
-checkpoint per record (`trail/step_*.pt`, plain state_dicts). The rule is `Trail.pick`'s:
+checkpoint per record (`trail/step_*.pt`, plain state_dicts). A run made with
+`--val-fraction` measured its trail on validation images carved from training, and its test
+split as `soft_test_*` / `hard_test_*`: the choice is made on the former, and the chosen
+record's test accuracy is printed beside it (a test key cannot be `--key`). The rule is
+`Trail.pick`'s:
 
 - `--min-accuracy A`: the sparsest network whose accuracy (`--key`, default the hard-pruned
   top-1 `hard_accuracy`) is at least A;
@@ -69,6 +73,9 @@ def pick_record(trail: Trail, *, min_accuracy: float | None = None, max_drop: fl
         raise ValueError("the trail is empty")
     accuracy_key = Trail.RENAMED.get(accuracy_key, accuracy_key)  # an earlier version's name (hard_top1)
     keys = _accuracy_keys(trail)
+    if "_test_" in accuracy_key:
+        raise ValueError(f"accuracy key {accuracy_key!r} is the test split's: it is reported, not chosen on; "
+                         f"choose on a validation key: {[k for k in keys if '_test_' not in k]}")
     if accuracy_key not in keys:
         raise ValueError(f"accuracy key {accuracy_key!r} is not in the trail's records; available: {keys}")
     records = trail.records
@@ -110,6 +117,9 @@ def format_record(record: dict[str, Any], accuracy_key: str = DEFAULT_KEY) -> st
     parts.append(f"{accuracy_key} {acc:.4f}" if isinstance(acc, (int, float)) else f"{accuracy_key} -")
     if accuracy_key != "soft_accuracy" and isinstance(record.get("soft_accuracy"), (int, float)):
         parts.append(f"soft_accuracy {record['soft_accuracy']:.4f}")
+    test = accuracy_key.replace("_", "_test_", 1) if accuracy_key.count("_") else ""
+    if isinstance(record.get(test), (int, float)):
+        parts.append(f"{test} {record[test]:.4f} (test split, reported)")
     return "  ".join(parts)
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..core.ltp import LTP
-from ..data import DataError, ImageDatasets, build_datasets, image_sizes
+from ..data import DataError, ImageDatasets, build_datasets, carve_validation, image_sizes
 from ..io import nearest_existing
 from ..models import PROJECT_MODELS, check_input_size, get_model, min_input_size, model_options
 from .config import TrainConfig, UsageError, method_options
@@ -32,11 +32,13 @@ __all__ = ["Loaders", "output_dir_problem", "check_input_sizes", "load_data", "b
 @dataclass
 class Loaders:
     """The training loader (its sampler, reshuffled every epoch, and the generator that seeds its
-    augmentation) and this process's shard of the validation set."""
+    augmentation) and this process's shard of the validation set (and of the test set, with
+    --val-fraction)."""
     train: DataLoader
     sampler: DistributedSampler
     rng: torch.Generator
     val: DataLoader
+    test: DataLoader | None = None
 
 
 def output_dir_problem(folder: Path) -> str | None:
@@ -93,6 +95,14 @@ def load_data(cfg: TrainConfig, procs: Procs) -> tuple[ImageDatasets, Loaders, l
     except DataError as e:
         raise UsageError(str(e)) from None
     notes = list(data.notes)
+    if cfg.val_fraction > 0:
+        try:
+            data = carve_validation(data, cfg.val_fraction, cfg.seed)
+        except ValueError as e:
+            raise UsageError(f"--val-fraction: {e}") from None
+        notes.append(f"--val-fraction {cfg.val_fraction:g}: {len(data.val)} training images held out for "
+                     f"validation (the trail's accuracies); the dataset's {len(data.test)} held-out images are "
+                     "the test split (soft_test_*, hard_test_*: reported, not for choosing)")
     per_process = math.ceil(len(data.train) / procs.world)
     if per_process < cfg.batch_size and not cfg.test_only:
         raise UsageError(f"-b/--batch-size {cfg.batch_size} is larger than the {per_process} training images "
@@ -106,9 +116,13 @@ def load_data(cfg: TrainConfig, procs: Procs) -> tuple[ImageDatasets, Loaders, l
     rng = torch.Generator()
     train = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                        drop_last=True, generator=rng)
-    shard = range(procs.rank, len(data.val), procs.world)
-    val = DataLoader(data.val, batch_size=cfg.batch_size, sampler=shard, num_workers=workers, pin_memory=pin)
-    return data, Loaders(train, sampler, rng, val), notes
+
+    def evaluation(dataset):
+        shard = range(procs.rank, len(dataset), procs.world)
+        return DataLoader(dataset, batch_size=cfg.batch_size, sampler=shard, num_workers=workers, pin_memory=pin)
+
+    test = None if data.test is None else evaluation(data.test)
+    return data, Loaders(train, sampler, rng, evaluation(data.val), test), notes
 
 
 def build_model(cfg: TrainConfig, data: ImageDatasets, procs: Procs, *,

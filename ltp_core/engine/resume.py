@@ -47,7 +47,8 @@ CHECKPOINT_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "ste
 # and the synthetic images): --resume refuses to change them.
 RESUME_FIXED = ("model_opt", "synthetic_classes", "opt", "lr", "momentum", "weight_decay", "lr_scheduler",
                 "lr_step_size", "lr_gamma", "lr_min", "lr_warmup_epochs", "lr_warmup_method", "lr_warmup_decay",
-                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity", "seed")
+                "method_opt", "ltp_lambda", "ltp_t0", "ltp_exclude", "ltp_threshold_lr", "target_sparsity", "seed",
+                "val_fraction")
 
 
 def checkpoint_path(resume: str, out: Path) -> Path:

@@ -61,6 +61,11 @@ class TrainConfig:
                                check=_positive, group="data")
     synthetic_classes: int = _opt(10, "synthetic: number of classes", kind="int",
                                   check=lambda v: None if v >= 2 else "must be >= 2", group="data")
+    val_fraction: float = _opt(0.0, "hold out this stratified fraction of the training images as the validation "
+                                    "split the trail is measured on (choices are made on it); the dataset's own "
+                                    "held-out split is then the test split, reported as soft_test_*/hard_test_* "
+                                    "(0: the trail is measured on the dataset's held-out split)", kind="float",
+                                check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)", group="data")
     workers: int = _opt(4, "data loading worker processes per process (0: load in the main process)", kind="int",
                         flags=("-j", "--workers"), check=_non_negative, group="data")
     # model

@@ -55,6 +55,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..core.measure import measure
@@ -85,7 +86,8 @@ __all__ = ["main", "run", "parse_args", "setup", "train_one_epoch", "evaluate", 
 
 AUX_LOSS_WEIGHT = 0.4  # GoogLeNet / Inception v3 auxiliary heads, as in their papers
 # What `--test-only` prints (as JSON), from the one evaluation it makes.
-SUMMARY_KEYS = ("soft_accuracy", "hard_accuracy", "soft_top5", "hard_top5", "soft_loss", "hard_loss", "sparsity")
+SUMMARY_KEYS = ("soft_accuracy", "hard_accuracy", "soft_top5", "hard_top5", "soft_loss", "hard_loss", "sparsity",
+                "soft_test_accuracy", "hard_test_accuracy")
 
 
 class TrainingDiverged(RuntimeError):
@@ -311,15 +313,16 @@ def _diverged_message(r: Run, value: float) -> str:
 # -- evaluation ----------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(r: Run, desc: str = "eval") -> dict[str, float]:
+def evaluate(r: Run, desc: str = "eval", loader: DataLoader | None = None) -> dict[str, float]:
     """{"accuracy": top-1, "top5", "loss"} of the model as it stands, on the whole validation
-    set (each process's shard, summed over the processes)."""
+    set (or `loader`'s; each process's shard, summed over the processes)."""
     model, procs, device = r.model, r.procs, r.procs.device
     was_training = model.training
     model.eval()
     k = min(5, r.data.num_classes)
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # top1, topk, loss sum, count
-    for x, y in tqdm(r.loaders.val, desc=desc, leave=False, disable=not (procs.main and r.cfg.progress)):
+    loader = r.loaders.val if loader is None else loader
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not (procs.main and r.cfg.progress)):
         x, y = _to_device(r, x, y)
         with _autocast(r):
             logits, _ = _logits(model(x))
@@ -356,7 +359,15 @@ def record_evaluation(r: Run, extra: dict[str, Any]) -> dict[str, Any]:
     learning rate, `extra` and the method's thresholds and band fraction where it has them."""
     _sync_replicas(r.model, r.procs)
     descs = iter(("eval", "eval hard"))
-    fields = measure(r.model, r.method, lambda: evaluate(r, next(descs, "eval")), r.example)
+
+    def metrics() -> dict[str, float]:  # validation; with --val-fraction the test split too, as test_*
+        desc = next(descs, "eval")
+        out = evaluate(r, desc)
+        if r.loaders.test is not None:
+            out.update({f"test_{k}": v for k, v in evaluate(r, f"{desc} (test)", r.loaders.test).items()})
+        return out
+
+    fields = measure(r.model, r.method, metrics, r.example)
     record = {"lr": r.optimizer.param_groups[0]["lr"], **extra}
     if hasattr(r.method, "band_fraction"):
         record["band_fraction"] = float(r.method.band_fraction())
@@ -376,6 +387,8 @@ def summary(r: Run, entry: dict[str, Any]) -> str:
         parts.append(f"loss {entry['train_loss']:.4f}")
     parts += [f"soft_accuracy {entry['soft_accuracy']:.4f}", f"hard_accuracy {entry['hard_accuracy']:.4f}",
               f"soft_top5 {entry['soft_top5']:.4f}"]
+    if "hard_test_accuracy" in entry:
+        parts.append(f"hard_test_accuracy {entry['hard_test_accuracy']:.4f}")
     if "sparsity" in entry:
         parts.append(f"sparsity {entry['sparsity']:.4f} ({format_compression(entry['compression'])})")
     if entry.get("img_per_s"):
@@ -427,8 +440,9 @@ def run(cfg: TrainConfig) -> RunResult:
             r.say(f"note: {note}")
         d = r.data
         backend = dist.get_backend() if procs.distributed else "single process"
-        r.say(f"{PROG}: {cfg.model} on {cfg.dataset} ({d.num_classes} classes, {len(d.train)} train / {len(d.val)} val "
-              f"images), method {cfg.method}, {procs.world} process(es) ({backend}, {procs.device})"
+        test = "" if d.test is None else f" / {len(d.test)} test"
+        r.say(f"{PROG}: {cfg.model} on {cfg.dataset} ({d.num_classes} classes, {len(d.train)} train / {len(d.val)} val"
+              f"{test} images), method {cfg.method}, {procs.world} process(es) ({backend}, {procs.device})"
               + ("" if cfg.test_only else f", output {r.out}"))
         if cfg.test_only:
             last = record_evaluation(r, {})
