@@ -1,15 +1,25 @@
 """The papermill runner `ltp-reports`, on two tiny notebooks made in a temporary folder, and
 the parameters of the suite's own notebooks."""
 import json
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
-from ltp_core.teaching.reports import REPO_ROOT, ReportError, _resolve_runs, find_notebooks, main, notebook_parameters
+from ltp_core.teaching.reports import (
+    REPO_ROOT,
+    ReportError,
+    _resolve_runs,
+    find_notebooks,
+    main,
+    notebook_parameters,
+    write_seed_site,
+)
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -50,6 +60,26 @@ def _metrics(out, stem):
     return json.loads((out / stem / "metrics.json").read_text())
 
 
+class _Links(HTMLParser):
+    """Every href and src in a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def handle_starttag(self, tag, attrs):
+        self.targets += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def _local_targets(page):
+    from urllib.parse import unquote
+
+    parser = _Links()
+    parser.feed(page.read_text())
+    return [page.parent / unquote(t.partition("#")[0]) for t in parser.targets
+            if not t.startswith(("#", "data:")) and t.partition("#")[0]]
+
+
 def test_runs_profile_with_overrides_and_writes_index(notebooks, tmp_path):
     out = tmp_path / "out"
     code = main(["--profile", "ci", "-p", "seed", "123", "--output-dir", str(out), "--notebooks-dir", str(notebooks)])
@@ -81,6 +111,18 @@ def test_failed_notebook_is_named_and_last_good_report_kept(notebooks, tmp_path,
     assert _metrics(out, "01_first")["metrics"]["scale"] == 1.0  # the good report survives
     assert (out / "01_first.failed" / "01_first.ipynb").is_file()
     assert "failed" in (out / "README.md").read_text()
+    index = (out / "index.html").read_text()  # the failed run's own claims, its page, the last good page
+    assert '<td class="not-held">not held</td>' in index and "(last good run)" not in index
+    assert 'href="01_first.failed/01_first.html"' in index and 'href="01_first/01_first.html"' in index
+    # A run that stops before writing metrics.json: the index shows the last good run's claims, said so.
+    nb = nbformat.read(notebooks / "01_first.ipynb", as_version=4)
+    nb.cells[2].source = "raise ValueError('<no metrics>')\n" + nb.cells[2].source
+    nbformat.write(nb, notebooks / "01_first.ipynb")
+    assert main(args) == 1
+    index = (out / "index.html").read_text()
+    assert "failed: ValueError: &lt;no metrics&gt;" in index and "the last good run&#x27;s" in index
+    assert '<td class="held">held</td>' in index and "1 of 1 (last good run)" in index
+    assert all(t.is_file() for t in _local_targets(out / "index.html"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -173,6 +215,15 @@ def test_seed_sweep_tables_every_metric_and_the_seeds_each_claim_held_at(noteboo
     assert "ltp-reports --seeds 0,1,2 --profile default --only 01_first" in table
     assert "01_first: 1 claim(s) failed" in capsys.readouterr().out
     assert (out / "runs" / "default" / "seed-2" / "01_first.failed" / "metrics.json").is_file()
+    site = (out / "index.html").read_text()  # the tables, and each seed's page
+    assert '<td class="held">0 1</td><td class="not-held">2</td>' in site
+    assert 'href="runs/default/seed-2/01_first.failed/01_first.html">seed 2 (failed)' in site
+    assert all(t.is_file() for t in _local_targets(out / "index.html")) and len(_local_targets(out / "index.html")) == 5
+    # a sweep of other notebooks later keeps this one's table in the index
+    (out / "02_second.json").write_text(json.dumps({**data, "notebook": "02_second"}))
+    write_seed_site(out)
+    site = (out / "index.html").read_text()
+    assert '<section id="01_first">' in site and '<section id="02_second">' in site
 
 
 @pytest.mark.parametrize("text, message", [("4-0", "runs backwards"), ("1", "at least two distinct"),
@@ -182,3 +233,57 @@ def test_bad_seed_lists_are_refused_by_name(text, message):
 
     with pytest.raises(ReportError, match=message):
         parse_seeds(text)
+
+
+def test_site_index_shows_claims_run_time_and_pages_and_escapes_text(notebooks, tmp_path):
+    # 02_second makes a claim that fails, with markup in its text: the notebook fails after
+    # writing metrics.json, and its row must say so, with its partial page.
+    path = notebooks / "02_second.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].source = nb.cells[2].source.replace(
+        "claims.write_metrics", 'claims.check("<b>bold</b> & x < 0", scale, "<", 0)\nclaims.write_metrics')
+    nbformat.write(nb, path)
+    out = tmp_path / "out"
+    assert main(["--profile", "ci", "--output-dir", str(out), "--notebooks-dir", str(notebooks)]) == 1
+    index = (out / "index.html").read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; x &lt; 0" in index and "<b>bold</b>" not in index
+    first, second = index.split('<section id="01_first">')[1].split('<section id="02_second">')
+    assert '<td class="held">held</td>' in first and "not held" not in first
+    assert "failed: AssertionError: 1 claim(s) failed" in second
+    assert '<td class="held">held</td>' in second and '<td class="not-held">not held</td>' in second
+    assert 'href="01_first/01_first.html"' in index and 'href="02_second.failed/02_second.html"' in index
+    assert re.search(r"<td class=\"num\">\d+\.\d s</td>", index)  # a run time
+    assert '<td class="num">0.5</td>' in first  # the metric `scale` under the ci profile
+    targets = _local_targets(out / "index.html")
+    assert {out / "01_first" / "01_first.html", out / "02_second.failed" / "metrics.json"} <= set(targets)
+    assert all(t.is_file() for t in targets), [t for t in targets if not t.is_file()]
+    for page in (out / "01_first" / "01_first.html", out / "02_second.failed" / "02_second.html"):
+        text = page.read_text()
+        assert "<script" not in text and "scale is positive" in text  # no CDN script; the output is there
+        assert all(t.is_file() for t in _local_targets(page)) and 'href="../index.html"' in text
+    assert "index.html" in (out / "README.md").read_text()
+
+
+def test_widget_outputs_are_drawn_from_their_saved_state_without_a_cdn(tmp_path):
+    from ltp_core.teaching.site import render_notebook
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
+
+    nb = nbformat.v4.new_notebook()
+    bar, other = nbformat.v4.new_code_cell("bar"), nbformat.v4.new_code_cell("other")
+    view = "application/vnd.jupyter.widget-view+json"
+    bar.outputs = [nbformat.v4.new_output("display_data", {view: {"model_id": "box"}, "text/plain": "0%|"})]
+    other.outputs = [nbformat.v4.new_output("display_data", {view: {"model_id": "slider"}, "text/plain": "IntSlider"})]
+    nb.cells = [bar, other]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "box": model("HBoxModel", children=["IPY_MODEL_left", "IPY_MODEL_progress", "IPY_MODEL_right"]),
+        "left": model("HTMLModel", value="epochs: 100%"), "right": model("HTMLModel", value="5/5 [00:01&lt;00:00]"),
+        "progress": model("FloatProgressModel", min=0, max=5.0, value=5.0),
+        "slider": model("IntSliderModel", value=3)}}}
+    nbformat.write(nb, tmp_path / "w.ipynb")
+    page = render_notebook(tmp_path / "w.ipynb", tmp_path / "w.html", title="w", index_href="index.html")
+    text = page.read_text()
+    assert '<progress max="5" value="5">' in text and "epochs: 100%" in text and "5/5 [00:01&lt;00:00]" in text
+    assert "IntSlider" in text and "0%|" not in text  # an unknown widget falls back to its text
+    assert "<script" not in text and "unpkg" not in text and "cdnjs" not in text

@@ -6,8 +6,10 @@
 For each notebook `notebooks/<stem>.ipynb` (in teaching order) it injects the profile's
 parameters from `notebooks/params/<profile>.yaml` (`default`: none, the notebook's own
 defaults), then the `-p` overrides, and `output_dir`; it writes `DIR/<stem>/<stem>.ipynb`
-and `DIR/<stem>/metrics.json` (DIR defaults to `reports/<profile>/`) and `DIR/README.md`,
-an index of every notebook's claims and key metrics.
+and `DIR/<stem>/metrics.json` (DIR defaults to `reports/<profile>/`), `DIR/<stem>/<stem>.html` (the
+executed notebook as a page with its figures), and two indexes of every notebook's claims, key
+metrics and run time: `DIR/README.md` and `DIR/index.html`, the site's front page. The pages open
+from the file system, with no server and no network.
 
 Each notebook runs in a scratch folder first; only a successful run replaces
 `DIR/<stem>/`, so a failure never destroys the last good report (the failed run is kept
@@ -16,7 +18,8 @@ as `DIR/<stem>.failed/`). The command exits 1 naming every notebook that failed.
 With `--seeds`, each notebook runs once per seed (DIR defaults to `reports/seeds/`; the executed
 copies go to `DIR/runs/<profile>/seed-<n>/`) and `DIR/<stem>.md` and `DIR/<stem>.json` give, for
 every numeric metric, its mean, standard deviation, minimum and maximum over the seeds, and for
-every claim the seeds at which it held. The command exits 1 when any claim failed at any seed.
+every claim the seeds at which it held; `DIR/index.html` shows every table in DIR (earlier
+sweeps' too) and links each seed's page. The command exits 1 when any claim failed at any seed.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from .notebook import PROFILE_ENV, load_profile
+from .site import Entry, render_notebook, run_time, write_seed_index, write_site_index
 
 __all__ = ["main", "find_notebooks", "notebook_parameters", "run_reports", "parse_seeds", "seed_table",
-           "run_seed_sweep"]
+           "run_seed_sweep", "write_seed_site"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,32 +144,69 @@ def _format_value(v: Any) -> str:
     return _cell(text if len(text) <= 60 else text[:57] + "...")
 
 
+def _entry(output_dir: Path, stem: str, status: str) -> Entry:
+    """What the indexes show of one notebook. A failed run's claims are its own when it wrote
+    metrics.json (a claim that failed), else the last good run's, said so."""
+    good, failed = output_dir / stem, output_dir / f"{stem}.failed"
+    run = good if status == "ok" else failed
+
+    def href(path: Path) -> str | None:
+        return path.relative_to(output_dir).as_posix() if path.is_file() else None
+
+    claims, metrics = _claims_and_metrics(run / "metrics.json")
+    note = ""
+    if status != "ok" and href(run / "metrics.json") is None and (good / "metrics.json").is_file():
+        claims, metrics = _claims_and_metrics(good / "metrics.json")
+        note = "This run wrote no metrics.json; the claims and metrics shown are the last good run's."
+    files = {"executed notebook": href(run / f"{stem}.ipynb"), "metrics.json": href(run / "metrics.json")}
+    return Entry(stem, status, claims, metrics, seconds=run_time(run / f"{stem}.ipynb"),
+                 page=href(run / f"{stem}.html"), files={label: h for label, h in files.items() if h}, note=note,
+                 last_good_page=href(good / f"{stem}.html") if status != "ok" else None)
+
+
 def write_index(output_dir: Path, profile: str, results: dict[str, str]) -> Path:
-    """`output_dir/README.md`: per notebook its status, claims and scalar metrics."""
+    """`output_dir/README.md` and `output_dir/index.html`: per notebook its status, run time,
+    claims and scalar metrics (the HTML one links each notebook's page)."""
+    from ..io import atomic_write_bytes
+
+    entries = [_entry(output_dir, stem, status) for stem, status in results.items()]
     lines = [f"# Reports: profile `{profile}`", "",
-             f"Made by `ltp-reports --profile {profile}`. Each folder holds the executed notebook "
-             "and its `metrics.json`.", ""]
-    for stem, status in results.items():
-        lines += [f"## {stem} — {status}", ""]
-        claims, metrics = _claims_and_metrics(output_dir / stem / "metrics.json")
-        if status != "ok":
-            lines += [f"Failed: see `{stem}.failed/{stem}.ipynb`. "
-                      + ("The last good run is shown below." if claims or metrics else ""), ""]
-        if claims:
+             f"Made by `ltp-reports --profile {profile}`. Each folder holds the executed notebook, "
+             "its `metrics.json` and its HTML page; open `index.html` in a browser for the site.", ""]
+    for e in entries:
+        lines += [f"## {e.stem} — {e.status}", ""]
+        if e.seconds is not None:
+            lines += [f"Run time: {e.seconds:.1f} s.", ""]
+        if not e.ok:
+            lines += [f"Failed: see `{e.stem}.failed/{e.stem}.ipynb`. "
+                      + ("The last good run is shown below." if e.note else ""), ""]
+        if e.claims:
             lines += ["| claim | holds | value | bound |", "|---|---|---|---|"]
             lines += [f"| {_cell(c['claim'])} | {'yes' if c['holds'] else '**no**'} | {_format_value(c.get('value'))} "
-                      f"| {_cell(c.get('bound', ''))} |" for c in claims]
+                      f"| {_cell(c.get('bound', ''))} |" for c in e.claims]
             lines.append("")
-        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        scalars = {k: v for k, v in e.metrics.items() if isinstance(v, (int, float, str, bool))}
         if scalars:
             lines += ["| metric | value |", "|---|---|"]
             lines += [f"| `{k}` | {_format_value(v)} |" for k, v in scalars.items()]
             lines.append("")
     path = output_dir / "README.md"
-    from ..io import atomic_write_bytes
-
     atomic_write_bytes(path, "\n".join(lines).encode())
+    write_site_index(output_dir / "index.html", profile, entries)
     return path
+
+
+def _render_page(folder: Path, stem: str, notebooks_dir: Path) -> None:
+    """`folder/<stem>.html` from the executed notebook there, if any. A page that cannot be
+    made is a warning, never the loss of the run it shows."""
+    ipynb = folder / f"{stem}.ipynb"
+    if not ipynb.is_file():
+        return
+    try:
+        render_notebook(ipynb, folder / f"{stem}.html", title=stem, index_href="../index.html",
+                        source_dir=notebooks_dir)
+    except Exception as e:  # nbconvert's and jinja's errors share no narrower base class
+        print(f"ltp-reports: warning: no HTML page for {stem}: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def run_reports(profile: str, only: list[str] | None = None, overrides: dict[str, Any] | None = None,
@@ -195,11 +236,13 @@ def run_reports(profile: str, only: list[str] | None = None, overrides: dict[str
                     raise RuntimeError("the notebook wrote no metrics.json")
             except (PapermillExecutionError, RuntimeError) as e:
                 reason = f"{e.ename}: {e.evalue}" if isinstance(e, PapermillExecutionError) else str(e)
+                _render_page(scratch, stem, notebooks_dir)
                 failed = output_dir / f"{stem}.failed"
                 shutil.rmtree(failed, ignore_errors=True)
                 scratch.rename(failed)
                 results[stem] = f"failed: {reason.splitlines()[0] if reason else 'error'}"
                 continue
+            _render_page(scratch, stem, notebooks_dir)
             final = output_dir / stem
             old = output_dir / f".{stem}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -328,7 +371,34 @@ def run_seed_sweep(seeds: list[int], profile: str = "default", only: list[str] |
         atomic_write_bytes(output_dir / f"{stem}.md", text.encode())
         atomic_write_bytes(output_dir / f"{stem}.json", standard_json(data))
         summaries[stem] = data
+    write_seed_site(output_dir)
     return summaries
+
+
+def write_seed_site(output_dir: Path) -> Path:
+    """`output_dir/index.html` over every seed table in `output_dir` (earlier sweeps' too, as
+    sweeps often run a few notebooks at a time), linking each seed's page where it exists."""
+    summaries: dict[str, dict[str, Any]] = {}
+    links: dict[str, dict[str, str]] = {}
+    for table in sorted(output_dir.glob("[0-9][0-9]_*.json")):
+        try:
+            data = json.loads(table.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict) or not {"notebook", "seeds", "claims", "metrics", "missing_runs"} <= set(data):
+            continue
+        stem = data["notebook"]
+        summaries[stem] = data
+        links[stem] = {label: name for label, name in (("table", f"{stem}.md"), ("JSON", f"{stem}.json"))
+                       if (output_dir / name).is_file()}
+        for seed in data["seeds"]:
+            runs = output_dir / "runs" / str(data.get("profile", "default")) / f"seed-{seed}"
+            # a run that succeeds removes `<stem>.failed`: one still there is the latest run at that seed
+            for folder, label in ((f"{stem}.failed", f"seed {seed} (failed)"), (stem, f"seed {seed}")):
+                if (runs / folder / f"{stem}.html").is_file():
+                    links[stem][label] = (runs / folder / f"{stem}.html").relative_to(output_dir).as_posix()
+                    break
+    return write_seed_index(output_dir / "index.html", summaries, links)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(failed)} claim(s) failed at some seed" + (
                         f", no metrics at seeds {data['missing_runs']}" if data["missing_runs"] else "")
                 print(f"{stem}: {state}; table: {out / (stem + '.md')}")
+            print(f"site: {out / 'index.html'}")
             return 1 if bad else 0
         results = run_reports(args.profile, args.only, overrides, args.output_dir, args.notebooks_dir)
     except ReportError as e:
@@ -373,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = {s: r for s, r in results.items() if r != "ok"}
     for stem, reason in failed.items():
         print(f"ltp-reports: notebook {stem} {reason} (executed copy: {out / (stem + '.failed')})", file=sys.stderr)
-    print(f"{len(results) - len(failed)} of {len(results)} notebooks ok; index: {out / 'README.md'}")
+    print(f"{len(results) - len(failed)} of {len(results)} notebooks ok; index: {out / 'README.md'}; "
+          f"site: {out / 'index.html'}")
     return 1 if failed else 0
 
 
