@@ -30,9 +30,11 @@ test: lint
 reports: $(STAMP)
 	$(VENV)/bin/ltp-reports --profile default --output-dir reports/default
 
-# JupyterLab on notebooks/, in the project's environment (its kernel is this .venv's Python).
+# JupyterLab on notebooks/, in the project's environment: its bin/ first on PATH and its kernel spec
+# preferred, so the notebooks' `python3` kernel is this .venv's Python. LAB_ARGS adds options,
+# e.g. `make lab LAB_ARGS="--no-browser --port=8899"`.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	PATH="$(abspath $(VENV))/bin:$$PATH" JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 # On a CUDA machine that brings its own torch and torchvision (it installs nothing; papermill
 # and nbval need not be there): the CUDA tests, then the GPU benchmark, whose JSON goes to
