@@ -241,7 +241,7 @@ def test_greg_penalty_pulls_groups_down_and_greg2_picks_late():
     model = mlp(hidden=(32, 32), batch_norm=True)
     method = GReg(model, ratio=0.25, variant=2, total_steps=40, interval=2, reg_fraction=0.5)
     assert method.phase == "pick" and method.picked is None
-    start = {p: model.get_submodule(p).weight.norm().item() for p in method.links}
+    start = {p: model.get_submodule(p).weight.norm().item() for p in method.groups}
     x, y = mlp_batch()
     train(model, method, x, y, steps=40, lr=0.1)
     assert method.phase == "pruned" and method.picked is not None
@@ -275,13 +275,13 @@ def test_greg_state_dict_resumes_the_schedule_exactly():
         for m in (method, resumed):
             m.after_step(step)
     assert method.phase == resumed.phase == "pruned" and method.pruned_step == resumed.pruned_step
-    for p in method.links:
+    for p in method.groups:
         assert torch.equal(method.picked[p], resumed.picked[p]) and torch.equal(method.lambdas[p], resumed.lambdas[p])
     with pytest.raises(ValueError, match=r"GReg state lacks \['picked'\]"):
         resumed.load_state_dict({k: v for k, v in saved[1].items() if k != "picked"})
-    with pytest.raises(ValueError, match="GReg state is for layers"):
+    with pytest.raises(ValueError, match="GReg state is for channel groups"):
         GReg(mlp(hidden=(32,), batch_norm=True)).load_state_dict(saved[1])
-    with pytest.raises(ValueError, match="layer '0' has 32 channels there, 16 here"):
+    with pytest.raises(ValueError, match="group '0' has 32 channels there, 16 here"):
         GReg(small_cnn()).load_state_dict(saved[1])
 
 
@@ -301,7 +301,7 @@ def test_gdp_gates_polarize_fold_exactly_and_cut_flops(family):
     torch.manual_seed(0)
     model = small_cnn() if family == "cnn" else mlp(hidden=(48, 32), batch_norm=True)
     x, y = cnn_batch() if family == "cnn" else mlp_batch()
-    method = GDP(model, lambda_=0.5, t=1.0, example_input=x[:1])
+    method = GDP(model, lambda_=0.5, t=1.0, budget=None, example_input=x[:1])
     train(model, method, x, y, steps=15, lr=0.1)
     gates = torch.cat([g.detach() for g in method.gates.values()])
     assert int((gates == 0).sum()) > 0 and bool((gates >= 0).all() and (gates <= 1).all())
@@ -362,7 +362,7 @@ def test_dsa_meets_flops_budget(budget):
     with torch.no_grad():
         model.eval()
         before = model(x)
-    predicted = method.predicted_flops()
+    predicted = method.flops_fraction()
     method.finalize()
     measured = layer_flops(model, x[:1])["total"] / dense
     # stated tolerance: at or below the budget, and within 5% of the dense FLOPs of it
@@ -383,8 +383,8 @@ def test_dsa_rejects_unreachable_budget_and_missing_input():
 # -- the registry and the shared shape ---------------------------------------------------------
 OPTIONS = {"ltp": {"lambda_": 1e-3, "target_sparsity": 0.6, "target_pace": 1.0}, "magnitude": {"sparsity": 0.5},
            "gmp": {"sparsity": 0.7}, "str": {"s_init": -4.0}, "lats": {"sparsity": 0.5}, "greg": {"ratio": 0.5},
-           "gdp": {"lambda_": 2.0}, "l1_filter": {"ratio": 0.5}, "dsa": {"budget": 0.5}}
-STRUCTURED = {"greg", "gdp", "l1_filter", "dsa"}
+           "gdp": {"lambda_": 2.0}, "l1_filter": {"ratio": 0.5}, "dsa": {"budget": 0.5}, "wgates": {"budget": 0.5}}
+STRUCTURED = {"greg", "gdp", "l1_filter", "dsa", "wgates"}
 
 
 def check_pruned_as_asked(name, method, dense_widths, plain, x):
@@ -397,11 +397,15 @@ def check_pruned_as_asked(name, method, dense_widths, plain, x):
         assert 0.05 < total < 0.5
     elif name in ("greg", "l1_filter"):  # ratio 0.5 of every prunable layer's channels
         assert widths(plain) == tuple(c - round(0.5 * c) for c in dense_widths)
-    elif name == "gdp":  # the closed gates are exactly the removed channels, and some closed
-        assert all(0 < w < c for w, c in zip(widths(plain), dense_widths, strict=True)) and total > 0.2
+    elif name == "gdp":  # the default FLOPs budget (half), met by the cut at mid-run, and channels removed
+        ratio = layer_flops(plain, x[:1])["total"] / method.dense_flops["total"]
+        assert ratio <= 0.5 + 1e-9 and total > 0.2 and widths(plain) != dense_widths
     elif name == "dsa":  # a FLOPs budget: at most half the dense FLOPs, within 5 points
         ratio = layer_flops(plain, x[:1])["total"] / method.dense_flops["total"]
         assert 0.45 <= ratio <= 0.5 + 1e-9
+    elif name == "wgates":  # a FLOPs budget: the gates, frozen at 3/4 of the run, brought to at most half
+        ratio = layer_flops(plain, x[:1])["total"] / method.dense_flops["total"]
+        assert 0.4 <= ratio <= 0.5 + 1e-9
 
 
 def test_registry_names_and_unknown_name():
@@ -479,7 +483,9 @@ class Residual(nn.Module):
     (lambda: L1Filter(small_cnn(), ratio=1.0), r"ratio must be a number in \[0, 1\)"),
     (lambda: L1Filter(small_cnn(), exclude=["7"]), "not layers whose channels can be removed"),
     (lambda: DSA(small_cnn(), example_input=torch.zeros(1, 1, 8, 8), budget=0.0), r"budget must be .* \(0, 1\]"),
-    (lambda: L1Filter(Residual()), "L1Filter cannot prune Residual.*residual networks"),
+    (lambda: L1Filter(Residual()), "L1Filter needs an example_input .* of Residual"),
+    (lambda: L1Filter(Residual(), example_input=torch.zeros(1, 4, 8, 8)),
+     r"L1Filter cannot prune Residual: .* group\(s\) of 'conv' \(RuntimeError"),  # x + conv(x): x cannot shrink
     (lambda: GDP(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(16, 2))), "grouped"),
     (lambda: GReg(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))), "LayerNorm"),
 ])
@@ -511,19 +517,26 @@ def test_methods_run_on_cuda(name):
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_residual_networks_unstructured_work_structured_refuse(name):
+def test_residual_networks_every_method_finalizes(name):
     from ltp_core import models
-    if not hasattr(models, "resnet20"):
-        pytest.skip("no CIFAR ResNet in ltp_core.models")
+    from ltp_core.methods import load_pruned_state_dict
     torch.manual_seed(0)
     model = models.resnet20(in_channels=1)
     x, y = cnn_batch(8)
-    if name in STRUCTURED:
-        with pytest.raises(ValueError, match="cannot prune CifarResNet.*residual"):
-            build(name, model, total_steps=4, example_input=x[:1], **OPTIONS[name])
-        return
     method = build(name, model, total_steps=4, example_input=x[:1], **OPTIONS[name])
     train(model, method, x, y, steps=4)
-    method.finalize()
-    fresh = models.resnet20(in_channels=1)
-    fresh.load_state_dict(model.state_dict())
+    model.eval()
+    with torch.no_grad(), method.hard_masks():
+        deployed = model(x)
+    hard = method.hard_state_dict()
+    plain = method.finalize()
+    with torch.no_grad():
+        assert torch.allclose(plain(x), deployed, atol=1e-5)
+    fresh = load_pruned_state_dict(models.resnet20(in_channels=1), plain.state_dict()) if name in STRUCTURED \
+        else models.resnet20(in_channels=1)
+    fresh.load_state_dict(hard)
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x), deployed, atol=1e-5)
+    if name in STRUCTURED:  # channels were removed, the groups a skip connection joins included
+        assert method.sparsity()["total"] > 0.1 and sum(m.weight.numel() for m in plain.modules()
+                                                        if isinstance(m, (nn.Conv2d, nn.Linear))) < 0.9 * 270_000

@@ -1,4 +1,4 @@
-"""The FLOPs budget of channel pruning: FlopsModel, uniform_filter_ratio, BudgetedGDP."""
+"""The FLOPs budget of channel pruning: FlopsModel, uniform_filter_ratio, GDP's budget (BudgetedGDP)."""
 import pytest
 import torch
 from torch import nn
@@ -35,8 +35,21 @@ def test_flops_model_on_an_mlp_and_its_refusals():
     assert fm.fraction({names[0]: 12}) == pytest.approx(layer_flops(smaller, x)["total"] / fm.dense["total"])
     with pytest.raises(ValueError, match="valid"):
         fm.fraction({"nonexistent": 3})
-    with pytest.raises(ValueError, match="residual"):
-        FlopsModel(resnet20(), torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="needs an example_input"):
+        FlopsModel(resnet20(), None)
+
+
+def test_flops_model_prices_a_residual_network_exactly():
+    """On ResNet-20 the groups a skip connection joins lose channels in every layer they touch;
+    the model's fraction equals the FLOPs measured on the network the surgery gives."""
+    from ltp_core.methods.surgery import remove_channels_
+    torch.manual_seed(0)
+    model, x = resnet20(), torch.randn(1, 3, 16, 16)
+    fm = FlopsModel(model, x)
+    kept = {g: max(1, c // 3) for g, c in list(fm.channels.items())[::2]}
+    assert "conv1" in kept and len(fm.plan.groups["conv1"].producers) == 4  # the stage-1 residual stream
+    remove_channels_(model, fm.plan, {g: torch.arange(k) for g, k in kept.items()})
+    assert fm.fraction(kept) == pytest.approx(layer_flops(model, x)["total"] / fm.dense["total"], abs=1e-12)
 
 
 @pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])

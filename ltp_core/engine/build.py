@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .distributed import Procs
 from .weights import first_line, load_pretrained
 
 __all__ = ["Loaders", "output_dir_problem", "check_input_sizes", "load_data", "build_model", "build_method",
-           "build_optimizer", "build_scheduler", "wrap_model"]
+           "build_optimizer", "build_scheduler", "run_learning_rates", "wrap_model"]
 
 
 @dataclass
@@ -147,7 +148,8 @@ def build_model(cfg: TrainConfig, data: ImageDatasets, procs: Procs, *,
 def build_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, example: Tensor) -> Any:
     """The pruning method `cfg` names, attached to `model` (None for dense training). A method
     whose schedule needs the run's length gets `total_steps`, one that needs an example input
-    `example_input`, when it names them."""
+    `example_input`, one that follows the learning rate `lr_schedule` (`run_learning_rates`),
+    when it names them."""
     if cfg.method == "none":
         return None
     from .. import methods
@@ -160,6 +162,8 @@ def build_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, examp
     for key, value in (("total_steps", cfg.epochs * steps_per_epoch), ("example_input", example)):
         if key in params and key not in options:
             options[key] = value
+    if "lr_schedule" in params and "lr_schedule" not in options:
+        options["lr_schedule"] = run_learning_rates(cfg, steps_per_epoch)
     try:
         return methods.build(cfg.method, model, **options)
     except (ValueError, TypeError) as e:
@@ -171,6 +175,25 @@ def build_method(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, examp
                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
             hint = f"; valid --method-opt names: {', '.join(valid)}"
         raise UsageError(f"--method {cfg.method}: {first_line(e)}{hint}") from None
+
+
+def run_learning_rates(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """step -> the learning rate of the run's optimizer step `step` (counted from 0): the
+    schedule `build_scheduler` makes (stepped once per epoch, warm-up included), replayed on a
+    stand-in optimizer; a step past the run continues it. LATS takes it as its lr_schedule."""
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    scheduler = build_scheduler(cfg, stand_in)
+    per_epoch: list[float] = []
+
+    def lr(step: int) -> float:
+        epoch = step // max(1, steps_per_epoch)
+        while len(per_epoch) <= epoch:
+            per_epoch.append(float(stand_in.param_groups[0]["lr"]))
+            stand_in.step()  # no gradient: changes nothing; keeps the scheduler's order check quiet
+            scheduler.step()
+        return per_epoch[epoch]
+
+    return lr
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, method: Any) -> torch.optim.Optimizer:

@@ -201,12 +201,12 @@ def _check_consistency(cfg: TrainConfig) -> None:
 
 
 # Methods whose schedule ltp-train builds from --epochs (their total_steps).
-EPOCH_SCHEDULED_METHODS = ("gmp", "lats", "greg")
+EPOCH_SCHEDULED_METHODS = ("gmp", "lats", "greg", "gdp", "wgates")
 
 
 def schedule_fixes_epochs(cfg: TrainConfig) -> bool:
     """Whether `cfg`'s learning-rate or pruning schedule is built for its --epochs (cosine
-    annealing; gmp, lats, greg without an explicit total_steps), so a run continued to more
+    annealing; the methods above without an explicit total_steps), so a run continued to more
     epochs would not be the run asked for."""
     return cfg.lr_scheduler == "cosineannealinglr" or (cfg.method in EPOCH_SCHEDULED_METHODS
                                                        and "total_steps" not in cfg.method_opt)

@@ -1,8 +1,8 @@
 """The soft mask as compiled kernels: `ltp_core.core.mask`'s math, fused, for big layers.
 
-Eager PyTorch makes about eleven passes over a layer's weights per step (two reductions for T,
+Eager PyTorch makes about eleven passes over a layer's weights per step (two for T,
 five forward ops, four backward ones). torch.compile (Inductor) fuses each direction into one
-kernel: the forward reads w twice (T's two sums, then the mask) and writes v; the backward
+kernel: the forward reads w twice (T's variance, then the mask) and writes v; the backward
 reads the upstream gradient and w once and recomputes the mask (on a CPU a sigmoid per weight
 costs less than writing m and reading it back, and it saves a weight-sized tensor per layer).
 
@@ -48,8 +48,9 @@ def _as_compute(t: Tensor) -> Tensor:
 
 def _forward(w: Tensor, tau: Tensor, t0: float) -> tuple[Tensor, Tensor, Tensor]:
     wf = _as_compute(w)
-    mean_abs = wf.abs().mean()
-    temperature = (t0 * ((wf * wf).mean() - mean_abs * mean_abs)).clamp_min(_FLOOR)
+    # Var(|w|) as ltp_core.core.mask.layer_temperature computes it (torch.var: a Welford
+    # reduction, no cancellation between E[w**2] and E[|w|]**2)
+    temperature = (t0 * torch.var(wf.abs(), correction=0)).clamp_min(_FLOOR)
     # Scalars folded first: the per-weight work is a multiply-add, an exp and one division.
     inv_t = 1 / temperature
     m = torch.sigmoid(wf * wf * inv_t - tau.to(wf.dtype) * inv_t)

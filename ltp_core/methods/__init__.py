@@ -8,18 +8,22 @@
       gmp         gradual magnitude pruning, cubic schedule (Zhu & Gupta)    magnitude.py
       str         soft threshold reparameterization (Kusupati et al. 2020)   str_reparam.py
       lats        scheduled soft thresholding: LATS, S-LATS, PGH, constant   lats.py
-    structured (channels removed for real; chain networks, see channels.SUPPORTED):
+    structured (channel groups removed for real, any torchvision-style CNN: surgery.py):
       greg        growing regularization, GReg-1 / GReg-2 (Wang et al.)      greg.py
-      gdp         polarized channel gates, folded away (Guo et al.)          gdp.py
+      gdp         GDP-style: clipped, polarized gates shared across skip
+                  connections, cut to a FLOPs budget (after Guo et al.)      gdp.py
       l1_filter   L1-norm filter pruning (Li et al. 2017)                    l1_filter.py
-      dsa         keep ratios learned under a FLOPs budget (Ning et al.)     dsa.py
+      dsa         DSA-style (projection): keep ratios projected onto a
+                  FLOPs budget, not DSA's ADMM (after Ning et al.)           dsa.py
+      wgates      weight-dependent binary gates under a FLOPs budget
+                  (after Li et al. 2020)                                     wgates.py
 
 Every method has one shape, `ltp_core.core.method.PruningMethod`. Every entry accepts
 `total_steps=` (the run's optimizer steps; schedules need it) and `example_input=` (a batch,
 e.g. one sample, for FLOPs; DSA needs it), ignoring them when unused, so an engine can always
 pass both. Build the method before the optimizer (from `param_groups`) and before wrapping the
-model (DDP, torch.compile): the structured methods need the plain nn.Sequential and L1-filter
-changes it at construction.
+model (DDP, torch.compile): the structured methods trace the plain model's channel groups and
+L1-filter changes it at construction.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from torch import Tensor, nn
 
 from ..core.ltp import LTP
 from ..core.method import PruningMethod, ReparamMethod
-from .channels import SUPPORTED, Link, channel_links, remove_channels
+from .channels import Link, channel_links, remove_channels
 from .dsa import DSA
 from .gdp import GDP
 from .greg import GReg
@@ -39,10 +43,13 @@ from .lats import LATS, lats_schedule
 from .magnitude import GMP, KeepMask, Magnitude, gmp_sparsity, magnitude_masks
 from .str_reparam import STR
 from .structured import StructuredMethod
+from .surgery import SUPPORTED, ChannelGroup, channel_plan, load_pruned, load_pruned_state_dict, save_pruned
+from .wgates import WGates
 
 __all__ = ["METHODS", "build", "method_names", "PruningMethod", "ReparamMethod", "StructuredMethod", "SUPPORTED",
            "Link", "channel_links", "remove_channels", "magnitude_masks", "gmp_sparsity", "lats_schedule", "KeepMask",
-           "LTP", "Magnitude", "GMP", "STR", "LATS", "GReg", "GDP", "L1Filter", "DSA"]
+           "LTP", "Magnitude", "GMP", "STR", "LATS", "GReg", "GDP", "L1Filter", "DSA", "ChannelGroup", "channel_plan",
+           "save_pruned", "load_pruned", "load_pruned_state_dict"]
 
 
 def _ltp(model: nn.Module, *, total_steps: int | None = None, example_input: Tensor | None = None,
@@ -61,6 +68,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "gdp": GDP,
     "l1_filter": L1Filter,
     "dsa": DSA,
+    "wgates": WGates,
 }
 
 

@@ -1,13 +1,15 @@
-"""The channel graph of a chain network and the surgery that removes channels for real.
+"""The channel links of a chain network, read layer by layer, and the chain-only surgery.
 
 Structured methods remove output channels ("filters") of a Conv/Linear layer, the producer,
 together with its BatchNorm channels and the matching input channels of the next Conv/Linear,
 the consumer. `channel_links` finds these (producer, norm, consumer) links in an
 `nn.Sequential` such as `ltp_core.models.small_cnn` (Conv-BN-ReLU ... Pool, Flatten, Linear)
-or `ltp_core.models.mlp` (Linear-[BN]-ReLU ... Linear); `remove_channels` swaps in smaller
-modules under the same names, so the state_dict loads into the same family built with the
-kept widths. Networks with branches (residual connections) are not supported yet: a clear
-ValueError names the model and the module that could not be followed.
+or `ltp_core.models.mlp` (Linear-[BN]-ReLU ... Linear) without running it; `remove_channels`
+swaps in smaller modules under the same names, so the state_dict loads into the same family
+built with the kept widths. `ltp_core.methods.surgery.channel_plan` reads a chain this way when
+no example input is given; any other network (residual adds, depthwise convs, concatenations:
+ResNets, MobileNets, EfficientNets) goes through Torch-Pruning's dependency graph there, traced
+on an example input.
 """
 from __future__ import annotations
 
@@ -17,14 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core.layers import prunable_layers
+__all__ = ["Link", "SUPPORTED", "channel_links", "remove_channels"]
 
-__all__ = ["Link", "SUPPORTED", "channel_links", "remove_channels", "bake", "kept_weight_fraction",
-           "scale_input"]
-
-SUPPORTED = ("an nn.Sequential chain of Conv1d/2d/3d (groups=1) and Linear layers joined by BatchNorm, "
-             "element-wise activations, dropout, pooling and Flatten (e.g. ltp_core.models.small_cnn "
-             "and ltp_core.models.mlp); residual networks (CIFAR ResNets) are not supported yet")
+SUPPORTED = ("without an example_input, an nn.Sequential chain of Conv1d/2d/3d (groups=1) and Linear layers "
+             "joined by BatchNorm, element-wise activations, dropout, pooling and Flatten (e.g. "
+             "ltp_core.models.small_cnn and ltp_core.models.mlp); pass an example_input (a batch, e.g. one "
+             "sample) to trace any other network's channel groups")
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -146,17 +146,6 @@ def _resized_norm(norm: nn.Module, idx: Tensor) -> nn.Module:
 
 
 @torch.no_grad()
-def bake(model: nn.Module) -> nn.Module:
-    """Replace every parametrized Conv/Linear child of `model` by a plain one holding its
-    effective weight (the same as `remove_parametrizations(..., leave_parametrized=True)`, but
-    without touching the parametrized class, which a deep copy shares with its original)."""
-    for name, child in list(model.named_children()):
-        if isinstance(child, LAYER_TYPES) and parametrize.is_parametrized(child):
-            _replace(model, name, _resized_layer(child, None, None))
-    return model
-
-
-@torch.no_grad()
 def remove_channels(model: nn.Module, keep: dict[str, Tensor], links: list[Link]) -> nn.Module:
     """Keep only output channels `keep[producer]` (indices) of each named producer: its rows
     (and bias), its BatchNorm's entries and the consumer's matching input columns; the
@@ -185,24 +174,3 @@ def remove_channels(model: nn.Module, keep: dict[str, Tensor], links: list[Link]
             idx[:, None] * link.spatial + torch.arange(link.spatial, device=idx.device)).reshape(-1)
         _replace(model, link.consumer, _resized_layer(model.get_submodule(link.consumer), None, cols))
     return model
-
-
-def kept_weight_fraction(model: nn.Module, links: list[Link], counts: dict[str, int]) -> dict[str, float]:
-    """{Conv/Linear name: fraction of its current weights left if each producer in `counts`
-    keeps that many output channels}: a producer keeps k/C of its rows, its consumer k/C of
-    its columns."""
-    frac = {name: 1.0 for name, _ in prunable_layers(model)}
-    for link in links:
-        if link.producer in counts:
-            share = counts[link.producer] / model.get_submodule(link.producer).weight.shape[0]
-            frac[link.producer] *= share
-            frac[link.consumer] *= share
-    return frac
-
-
-def scale_input(weight: Tensor, scale: Tensor, spatial: int = 1) -> Tensor:
-    """weight with input block c (columns [c*spatial, (c+1)*spatial)) multiplied by scale[c]:
-    the same as scaling channel c of the layer's input. weight (out, C*spatial, *kernel)."""
-    if spatial > 1:
-        scale = scale.repeat_interleave(spatial)
-    return weight * scale.view(1, -1, *([1] * (weight.dim() - 2))).to(weight.dtype)

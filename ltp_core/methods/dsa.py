@@ -1,23 +1,28 @@
-"""DSA: per-layer keep ratios learned under a FLOPs budget (after Ning et al., ECCV 2020).
+"""DSA-style (projection): per-group keep ratios learned under a FLOPs budget (after Ning et al., ECCV 2020).
 
-Each prunable layer p has a learned keep ratio alpha_p in [min_ratio, 1]. Its channels are
-ranked by importance (|BN gamma| when a BatchNorm follows, else the filter's L1 norm; rank 0 =
-most important) and the next layer's input channel c is scaled by a straight-through mask:
+This is not DSA's ADMM budget solver: the ratios are projected onto the budget after every
+step instead (see the end of this docstring).
 
-    forward:  m_c = 1 if rank_c < k_p else 0      (k_p = the integer keep count of alpha_p)
-    backward: dm_c/dalpha_p from sigmoid((alpha_p * C_p - rank_c - 1/2) / T)
+Each prunable channel group g (`ltp_core.methods.surgery`: a layer's channels with everything
+coupled to them, e.g. the layers a residual add joins) has a learned keep ratio alpha_g in
+[min_ratio, 1]. Its channels are ranked by importance (|BN gamma| summed over the group's
+BatchNorms when it has any, else the L1 norm of its filters; rank 0 = most important) and every
+layer that reads the group's channels sees channel c scaled by a straight-through mask:
+
+    forward:  m_c = 1 if rank_c < k_g else 0      (k_g = the integer keep count of alpha_g)
+    backward: dm_c/dalpha_g from sigmoid((alpha_g * C_g - rank_c - 1/2) / T)
 
 so the network trained is the one deployed and the task loss tells each alpha whether more
-channels would help. The FLOPs of the pruned network are bilinear in the ratios,
-F(alpha) = F_fixed + sum_L F_L * a_out(L) * a_in(L) (F_L measured with `ltp_core.flops`);
-after every optimizer step alpha is projected onto {F(alpha) <= budget * F_dense} along
--grad F (a bisection on the step), so costly layers give up more. The integer counts k_p are
-floor(alpha_p C_p) topped up greedily while the budget allows: the finalized network's measured
-FLOPs are <= budget * F_dense and within about one channel's FLOPs of it.
+channels would help. The FLOPs of the pruned network are a polynomial in the ratios
+(`budget.FlopsModel`: each Conv/Linear costs its dense FLOPs x its output and input keep
+fractions); after every optimizer step alpha is projected onto {F(alpha) <= budget * F_dense}
+along -grad F (a bisection on the step), so costly groups give up more. The integer counts k_g
+are floor(alpha_g C_g) topped up greedily while the budget allows: the finalized network's
+measured FLOPs are <= budget * F_dense and within about one channel's FLOPs of it.
 
-Simplification (documented): DSA's ADMM solver and its gradient-based importance estimate are
-replaced by this projected gradient and a fixed importance criterion.
-Supported models: see `ltp_core.methods.channels.SUPPORTED` (no residual networks yet).
+Simplification (documented): DSA's ADMM solver of the budget-constrained problem and its
+gradient-based importance estimate are replaced by this projected gradient and a fixed
+importance criterion; hence the name "DSA-style (projection)".
 """
 from __future__ import annotations
 
@@ -26,57 +31,52 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from ..checks import check_fraction, check_number, check_steps
-from ..core.layers import prunable_layers
 from ..core.method import split_groups
-from .channels import scale_input
-from .greg import filter_l1
+from .budget import FlopsModel
 from .structured import StructuredMethod
 
-__all__ = ["RankMask", "DSA"]
+__all__ = ["RankGate", "DSA"]
 
 
-class RankMask(nn.Module):
-    """Parametrization W -> W with input channel c scaled by the straight-through mask above.
+class RankGate(nn.Module):
+    """A group's gate: channel c passes (1) if rank[c] < keep, with the straight-through
+    gradient above to `alpha` (0-d Parameter, the group's keep ratio). Buffers `rank` (C,) and
+    `keep` (0-d, the integer count) are set by the method after each step."""
 
-    `alpha` (0-d Parameter) is the producer's keep ratio; buffers `rank` (C,) and `keep`
-    (0-d, the integer count) are set by the method after each step."""
-
-    def __init__(self, channels: int, spatial: int, weight: Tensor, temperature: float) -> None:
+    def __init__(self, channels: int, temperature: float, device=None) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones((), dtype=weight.dtype, device=weight.device))
-        self.register_buffer("rank", torch.arange(channels, dtype=weight.dtype, device=weight.device))
-        self.register_buffer("keep", torch.tensor(channels, device=weight.device))
-        self.spatial, self.temperature = int(spatial), float(temperature)
+        self.alpha = nn.Parameter(torch.ones((), device=device))
+        self.register_buffer("rank", torch.arange(channels, dtype=torch.float32, device=device))
+        self.register_buffer("keep", torch.tensor(channels, device=device))
+        self.temperature = float(temperature)
 
-    def mask(self) -> Tensor:
+    def forward(self) -> Tensor:
         channels = self.rank.numel()
         soft = torch.sigmoid((self.alpha * channels - self.rank - 0.5) / self.temperature)
         hard = (self.rank < self.keep).to(soft.dtype)
-        return hard + soft - soft.detach()
-
-    def forward(self, weight: Tensor) -> Tensor:
-        return scale_input(weight, self.mask(), self.spatial)
+        return hard + (soft - soft.detach())  # exactly `hard` in the forward
 
 
 class DSA(StructuredMethod):
-    """Budgeted channel pruning with learned per-layer keep ratios.
+    """DSA-style (projection): budgeted channel pruning with learned per-group keep ratios.
 
     Args:
-        model: a chain network (`channels.SUPPORTED`); masks are attached in place.
-        example_input: required; a batch (e.g. one sample) on which FLOPs are measured.
+        model: the network (`surgery.SUPPORTED`); gates are attached in place.
+        example_input: required; a batch (e.g. one sample) on which the channel dependencies are
+            traced and FLOPs measured.
         budget: FLOPs of the pruned network / FLOPs of the dense one, in (0, 1].
-        min_ratio: smallest keep ratio of a layer, in (0, 1] (and at least one channel).
+        min_ratio: smallest keep ratio of a group, in (0, 1] (and at least one channel).
         temperature: T > 0, the soft mask's width in channels (gradient only).
         rank_interval: optimizer steps between re-rankings of the channels.
-        exclude: layers whose channels are all kept; total_steps: accepted, unused.
+        exclude: groups whose channels are all kept; check: see `StructuredMethod`.
+        total_steps: accepted, unused.
     """
 
     def __init__(self, model: nn.Module, *, example_input: Tensor | None = None, budget: float = 0.5,
                  min_ratio: float = 0.05, temperature: float = 1.0, rank_interval: int = 1,
-                 exclude: Iterable[str] | str = (), total_steps: int | None = None) -> None:
+                 exclude: Iterable[str] | str = (), check: bool = True, total_steps: int | None = None) -> None:
         self.budget = check_fraction("budget", budget, allow_one=True, allow_zero=False)
         min_ratio = check_fraction("min_ratio", min_ratio, allow_one=True, allow_zero=False)
         temperature = check_number("temperature", temperature, positive=True)
@@ -84,57 +84,29 @@ class DSA(StructuredMethod):
         if example_input is None:
             raise ValueError("DSA needs an example_input (e.g. one training sample with its batch dim) "
                              "to measure the FLOPs its budget is in")
-        super().__init__(model, exclude, example_input)
-        self.producers = list(self.links)
-        channels = [self.module(p).weight.shape[0] for p in self.producers]
-        self.channels = dict(zip(self.producers, channels))
-        self.low = torch.tensor([max(min_ratio, 1.0 / c) for c in channels], dtype=torch.float64)
-        self._flops_model()
+        super().__init__(model, exclude, example_input, check)
+        self.producers = list(self.groups)
+        self.channels = {g: grp.channels for g, grp in self.groups.items()}
+        self.low = torch.tensor([max(min_ratio, 1.0 / self.channels[g]) for g in self.producers], dtype=torch.float64)
+        self.flops_model = FlopsModel(model, example_input, self.plan, self.producers)
         if self.relative_flops(self.low) > self.budget + 1e-12:
             raise ValueError(f"budget {self.budget} is below the smallest reachable FLOPs fraction "
-                             f"{self.relative_flops(self.low):.4f} (every layer at min_ratio {min_ratio})")
-        for p, link in self.links.items():
-            consumer = self.module(link.consumer)
-            if parametrize.is_parametrized(consumer, "weight"):
-                raise ValueError(f"layer {link.consumer!r} already has a weight parametrization")
-            parametrize.register_parametrization(
-                consumer, "weight", RankMask(self.channels[p], link.spatial, consumer.weight, temperature))
-        self._masks = {p: self.module(link.consumer).parametrizations.weight[0] for p, link in self.links.items()}
+                             f"{self.relative_flops(self.low):.4f} (every group at min_ratio {min_ratio})")
+        device = next((p.device for p in model.parameters()), None)
+        self._masks = {g: RankGate(self.channels[g], temperature, device) for g in self.producers}
+        self.attach_gates(self._masks)
         self.after_step(0)
 
     # -- the FLOPs model -------------------------------------------------------------------
-    def _flops_model(self) -> None:
-        """F(a) = fixed + sum_L F_L a[out(L)] a[in(L)] over the Conv/Linear layers L, relative
-        to the dense total; out/in index the producer ratios (None: not pruned)."""
-        flops = self.dense_flops
-        total = flops["total"]
-        index = {p: i for i, p in enumerate(self.producers)}
-        consumer_of = {link.consumer: link.producer for link in self.links.values()}
-        self.terms = []
-        fixed = float(total)
-        for name, _ in prunable_layers(self.model):
-            f = flops.get(name, 0)
-            fixed -= f
-            self.terms.append((f / total, index.get(name), index.get(consumer_of.get(name))))
-        self.fixed = fixed / total
-
     def relative_flops(self, ratios: Tensor) -> float:
-        """F(ratios) / F_dense for per-producer keep ratios (a float64 tensor)."""
-        total = self.fixed
-        for f, out, inp in self.terms:
-            total += f * (1.0 if out is None else float(ratios[out])) * (1.0 if inp is None else float(ratios[inp]))
-        return total
+        """F(ratios) / F_dense for per-group keep ratios (a float64 tensor)."""
+        return self.flops_model.relative_floats(ratios.tolist())
 
     def _flops_grad(self, ratios: Tensor) -> Tensor:
-        grad = torch.zeros_like(ratios)
-        for f, out, inp in self.terms:
-            a_out = 1.0 if out is None else float(ratios[out])
-            a_in = 1.0 if inp is None else float(ratios[inp])
-            if out is not None:
-                grad[out] += f * a_in
-            if inp is not None:
-                grad[inp] += f * a_out
-        return grad
+        with torch.enable_grad():
+            r = ratios.detach().clone().requires_grad_(True)
+            self.flops_model.relative(r).backward()
+        return r.grad
 
     def _project(self, ratios: Tensor) -> Tensor:
         """Clamp to [low, 1], then, if over budget, move along -grad F to the budget."""
@@ -169,17 +141,23 @@ class DSA(StructuredMethod):
     # -- the hooks -------------------------------------------------------------------------
     @property
     def ratios(self) -> dict[str, nn.Parameter]:
-        """{producer: alpha_p}, the learned keep ratios (0-d Parameters)."""
+        """{group: alpha_g}, the learned keep ratios (0-d Parameters)."""
         self._check_live()
         return {p: m.alpha for p, m in self._masks.items()}
 
-    def importance(self, producer: str) -> Tensor:
-        """|BN gamma| of the producer's channels if a BatchNorm follows, else filter L1 norms."""
-        link = self.links[producer]
-        norm = self.module(link.norm) if link.norm is not None else None
-        if norm is not None and norm.affine:
-            return norm.weight.detach().abs()
-        return filter_l1(self.module(producer))
+    @torch.no_grad()
+    def importance(self, group: str) -> Tensor:
+        """(C,) |BN gamma| summed over the group's BatchNorms if it has affine ones, else the
+        L1 norm of its filters summed over its producers."""
+        grp = self.groups[group]
+        score = torch.zeros(grp.channels, dtype=torch.float64)
+        found = False
+        for m in grp.members:
+            bn = self.module(m.module)
+            if m.role == "norm" and bn.affine:
+                score.index_add_(0, m.roots, bn.weight.detach().abs().double().cpu()[m.positions])
+                found = True
+        return score if found else self.filter_l1(grp)
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -193,17 +171,11 @@ class DSA(StructuredMethod):
             mask.alpha.fill_(float(alphas[i]))
             mask.keep.fill_(counts[i])
             if step % self.rank_interval == 0:
-                order = torch.argsort(self.importance(p), descending=True, stable=True)
+                order = torch.argsort(self.importance(p), descending=True, stable=True).to(mask.rank.device)
                 mask.rank[order] = torch.arange(order.numel(), dtype=mask.rank.dtype, device=mask.rank.device)
 
     def keep_indices(self) -> dict[str, Tensor]:
-        return {p: (m.rank < m.keep).nonzero().flatten() for p, m in self._masks.items()}
-
-    def predicted_flops(self) -> float:
-        """FLOPs fraction of the network finalize() gives, from the FLOPs model."""
-        counts = self.kept_channels()
-        return self.relative_flops(torch.tensor([counts[p] / self.channels[p] for p in self.producers],
-                                                dtype=torch.float64))
+        return {p: (m.rank < m.keep).nonzero().flatten().cpu() for p, m in self._masks.items()}
 
     def param_groups(self, weight_decay: float = 0.0, alpha_lr: float | None = None, **options) -> list[dict]:
         """[every other parameter with `weight_decay`], [the alphas: no weight decay, lr `alpha_lr`]."""

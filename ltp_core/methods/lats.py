@@ -12,6 +12,12 @@ LATS keeps lambda constant, d_t = D * sum_{s<t} lr_s / sum_{s<N} lr_s. The sched
     "pgh"       increments ~ beta^x (1 + cos(pi x)), x = n/N    (early pruning, beta < 1)
     "constant"  d_n = D from the first step                     (pruning at initialization)
 
+"constant" starts as the authors' code does: the latent weights are first inflated,
+theta = sign(w) (|w| + D), so that S_D(theta) = w and the network starts unchanged; training
+then prunes a weight by moving its theta into [-D, D]. The other schedules start at d = 0 and
+need no inflation. `ltp-train` hands "lats" the run's learning rate per step (its
+--lr-scheduler, warm-up included), so d_t follows a cosine or step schedule as the rule says.
+
 Nothing is added to the loss. `finalize()` bakes w = S_D(theta) into plain weights.
 """
 from __future__ import annotations
@@ -106,11 +112,14 @@ class LATS(ReparamMethod):
         sparsity: used only when threshold is None, in [0, 1). The final sparsity is usually
             lower: the surviving weights keep training and grow past D (measured on digits:
             0.9 asked, about 0.6 reached); LATS controls D, not the sparsity.
-        schedule: "lats" | "slats" | "pgh" | "constant" (see the module docstring).
+        schedule: "lats" | "slats" | "pgh" | "constant" (see the module docstring); "constant"
+            inflates the weights at construction, theta = sign(w) (|w| + D): the model's
+            outputs are unchanged until training moves them.
         total_steps: optimizer steps of the run; the ramp ends at end_step (default total_steps).
             Needed by every schedule but "constant".
         start_step, end_step: the ramp's first and last optimizer step; d = 0 before, D after.
-        lr_schedule: the run's learning rate per step ("lats"): number, sequence or callable.
+        lr_schedule: the run's learning rate per step ("lats"): number, sequence or callable
+            step -> lr (step counted from 0); None = constant. `ltp-train` passes its own.
         beta: PGH's base, in (0, 1].
         exclude, exclude_first, exclude_last: as in `ltp_core.LTP`; example_input: unused.
     """
@@ -147,6 +156,11 @@ class LATS(ReparamMethod):
         self.schedule = lats_schedule(self.kind, end_step - self.start_step, self.final_threshold,
                                       lr_schedule=lr_schedule, beta=beta, start=self.start_step)
         self._attach(lambda name, module: SoftThreshold(module.weight))
+        if self.kind == "constant":  # the authors' start: S_D(theta) = w, the network unchanged
+            with torch.no_grad():
+                for name in self.layers:
+                    theta = self._original(name)
+                    theta.add_(torch.sign(theta) * self.final_threshold)
         self.after_step(0)
 
     def threshold_at(self, step: int) -> float:

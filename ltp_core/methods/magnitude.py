@@ -85,8 +85,9 @@ def gmp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
     """Zhu & Gupta's cubic schedule: the target sparsity after `step` optimizer steps.
 
     s = final + (initial - final) * (1 - (t - start) / (end - start))**3, evaluated at the last
-    pruning step t = start + k * frequency <= step (capped at end): `initial` at `start`,
-    `final` from `end` on, 0 before `start` (nothing pruned yet).
+    pruning step t <= step. The pruning steps are start + k * frequency before `end`, and `end`
+    itself (a frequency that does not divide end - start still arrives at `final` at `end`):
+    `initial` at `start`, `final` from `end` on, 0 before `start` (nothing pruned yet).
     """
     final = check_fraction("final sparsity", final)
     initial = check_fraction("initial sparsity", initial)
@@ -98,7 +99,7 @@ def gmp_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 
         raise ValueError(f"end must be an int > start ({start}), got {end!r}")
     if step < start:
         return 0.0
-    t = min(end, start + (step - start) // frequency * frequency)
+    t = end if step >= end else start + (step - start) // frequency * frequency
     return final + (initial - final) * (1.0 - (t - start) / (end - start)) ** 3
 
 
@@ -132,9 +133,9 @@ class Magnitude(ReparamMethod):
 class GMP(Magnitude):
     """Gradual magnitude pruning (Zhu & Gupta 2017) with the cubic schedule `gmp_sparsity`.
 
-    Every `frequency` steps from `start_step` to `end_step` the masks are recomputed from the
-    current |w| at the scheduled sparsity; a pruned weight stays pruned (it counts as 0). After
-    `end_step` the mask is fixed at `sparsity` and training fine-tunes.
+    Every `frequency` steps from `start_step`, and at `end_step`, the masks are recomputed from
+    the current |w| at the scheduled sparsity; a pruned weight stays pruned (it counts as 0).
+    From `end_step` on the mask is fixed at `sparsity` and training fine-tunes.
 
     Args:
         sparsity: the final sparsity s_f in [0, 1); initial_sparsity: s_i, applied at start_step.
