@@ -42,7 +42,12 @@ def measure(model: nn.Module, method: Any | None, evaluate: Callable[[], Metrics
     with hard_masks():
         hard = _named(evaluate()) if method is not None else soft
         flops = None
-        if example_input is not None:
+        if example_input is not None and hasattr(method, "predicted_flops"):
+            # channel-removing methods know their deployed network exactly (some, like L1-filter,
+            # shrink the model at construction, so scaling its layers by density would count twice)
+            with contextlib.suppress(ValueError):  # built without an example input: count below
+                flops = int(method.flops())
+        if example_input is not None and flops is None:
             with contextlib.suppress(Exception):  # informative: a model the counter cannot trace has none
                 flops = count_flops(model, example_input, {n: 1.0 - s for n, s in layer_sparsity.items()})
     return {"sparsity": min(1.0, max(0.0, total)), "layer_sparsity": layer_sparsity,

@@ -1,5 +1,5 @@
 """W-Gates: weight-dependent gates for filter pruning (Li, Liu, Wu, Yao, Zhang, Zhang, Yin,
-arXiv 2007.02066), under a FLOPs budget.
+arXiv 2007.02066), under a FLOPs budget or a predicted-latency budget.
 
 What the paper's abstract fixes: the filters of each layer are switched on or off by binary
 gates that a small fully connected network computes from the filters' own weights; the gates
@@ -23,44 +23,56 @@ text and code are not public, so the rest is this module's choice, each stated h
   reads the group, after its BatchNorm and activation; `StructuredMethod.attach_gates`): with
   g_c in {0, 1} this is exactly the network with the channel removed (a gate before the
   BatchNorm would leave its shift beta).
-* Cost: the FLOPs of the network finalize() gives, computed exactly from the gates: a
-  Conv/Linear costs its dense FLOPs x (out channels kept / out) x (in channels kept / in) (a
-  depthwise conv: one factor), each count being the sum of the gates of its channels, which is
-  `predicted_flops` and what `ltp_core.core.flops.layer_flops` measures on the finalized
-  network (tested). The loss term is cost_weight * max(0, F(g) / F_dense - budget): it pushes
-  the gates down, each in proportion to the FLOPs its channel costs, until the budget is met,
-  and below the budget the task loss alone moves them.
+* Cost (`cost="flops"`, the default): the FLOPs of the network finalize() gives, computed
+  exactly from the gates: a Conv/Linear costs its dense FLOPs x (out channels kept / out) x
+  (in channels kept / in) (a depthwise conv: one factor), each count being the sum of the gates
+  of its channels, which is `predicted_flops` and what `ltp_core.core.flops.layer_flops`
+  measures on the finalized network (tested). The loss term is cost_weight * max(0, F(g) /
+  F_dense - budget): it pushes the gates down, each in proportion to the FLOPs its channel
+  costs, until the budget is met, and below the budget the task loss alone moves them.
+* Cost `cost="latency"` (the paper's kind): the predicted CPU latency of the network the gates
+  keep, relative to the dense network's, from a `ltp_core.methods.latency.LatencyPredictor`:
+  a small monotone MLP from each group's kept fraction (the mean of its gates) to seconds,
+  fitted to the measured latencies of networks pruned by the same surgery to random widths
+  (`fit_latency_predictor`, run once at construction with `latency_options`, or `latency=` a
+  predictor fitted before, e.g. once for several runs). Its fit on held-out networks (R²,
+  relative error) is `latency_fit`. The budget is then a fraction of the dense network's
+  predicted latency, the loss term cost_weight * max(0, L(g) / L_dense - budget), and the
+  freeze below meets it in predicted latency (the predictor is monotone, so closing channels
+  never raises it). The predictor is only as good as its fit: on a busy machine timings are
+  noisy. The fitted predictor is kept in the method's state_dict (a resumed run uses it).
 * Freezing: after `freeze_fraction` of `total_steps` the gates are fixed at their values then
   and the rest of the run fine-tunes the kept filters (otherwise the weights' training would
   keep flipping gates). The gates are brought to the budget by their scores first: above it,
-  the lowest-scoring open channels close until the FLOPs meet it (a group keeps one); below
-  it (`fill_budget`, default), the highest-scoring closed channels reopen while the FLOPs stay
+  the lowest-scoring open channels close until the cost meets it (a group keeps one); below
+  it (`fill_budget`, default), the highest-scoring closed channels reopen while the cost stays
   within it, so a run ends just under the budget (the next channel in score order would exceed
   it) and methods compare at one budget (the hinge stops pushing at the budget, but the gates of
   a group move together and may overshoot it). Without `total_steps` the gates stay live (`freeze()` fixes them).
 * finalize() (the structured base) removes every channel whose gate is 0 from all the layers of
   its group and returns the plain smaller network; it computes what the gated network computed.
   A group whose gates are all 0 keeps its highest-scoring channel, with its gate 0 folded in.
-
-Not implemented: the paper's latency predictor (an MLP fitted to measured latencies); the
-cost here is exact FLOPs.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..checks import check_flag, check_fraction, check_number, check_steps
+from ..checks import check_choice, check_flag, check_fraction, check_number, check_steps
 from ..core.method import split_groups
+from .latency import LatencyFit, LatencyPredictor, fit_latency_predictor
 from .structured import StructuredMethod
 from .surgery import IN_ROLES, ChannelGroup
 
 __all__ = ["FilterGate", "WGates", "step_through"]
 
 FILTER_ROLES = ("producer", "depthwise")  # the layers whose weights hold a group channel's filters
+COSTS = ("flops", "latency")
 
 
 def step_through(scores: Tensor) -> Tensor:
@@ -155,12 +167,18 @@ def _filter_rows(group: ChannelGroup) -> tuple[list[str], list[Tensor]]:
 
 
 class WGates(StructuredMethod):
-    """Weight-dependent binary filter gates trained under a FLOPs budget (module docstring).
+    """Weight-dependent binary filter gates trained under a FLOPs or latency budget (module docstring).
 
     Args:
         model: the network; a gate module is attached to each prunable channel group, in place.
-        budget: FLOPs of the pruned network / dense FLOPs, in (0, 1].
-        cost_weight: >= 0, the weight of the cost term max(0, F / F_dense - budget).
+        budget: cost of the pruned network / the dense network's, in (0, 1].
+        cost: "flops" (exact FLOPs from the gates) or "latency" (a fitted latency predictor's).
+        latency: with cost="latency", a fitted `LatencyPredictor` for this network's channel
+            groups; None: one is fitted at construction (`fit_latency_predictor(self,
+            **latency_options)`, which times pruned copies of the model on the CPU).
+        latency_options: keyword options of `fit_latency_predictor` (samples, batch, repeats,
+            rounds, timer, ...).
+        cost_weight: >= 0, the weight of the cost term max(0, cost / dense cost - budget).
         hidden: hidden units of each gate's MLP (0: a single Linear).
         init_score: the gates' starting score (> 0: open).
         freeze_fraction: in (0, 1]; the gates are fixed after this fraction of `total_steps`.
@@ -174,11 +192,21 @@ class WGates(StructuredMethod):
 
     STEP_OPTIONS = ("total_steps",)
 
-    def __init__(self, model: nn.Module, *, budget: float = 0.5, cost_weight: float = 2.0, hidden: int = 16,
+    def __init__(self, model: nn.Module, *, budget: float = 0.5, cost: str = "flops",
+                 latency: LatencyPredictor | None = None, latency_options: Mapping[str, Any] | None = None,
+                 cost_weight: float = 2.0, hidden: int = 16,
                  init_score: float = 1.0, freeze_fraction: float = 0.75, fill_budget: bool = True,
                  total_steps: int | None = None, example_input: Tensor | None = None,
                  exclude: Iterable[str] | str = ()) -> None:
         self.budget = check_fraction("budget", budget, allow_one=True, allow_zero=False)
+        self.cost = check_choice("cost", cost, COSTS)
+        if cost == "flops" and (latency is not None or latency_options):
+            raise ValueError("latency= and latency_options= are for cost='latency'; this run's cost is 'flops'")
+        if latency is not None and not isinstance(latency, LatencyPredictor):
+            raise ValueError(f"latency must be a fitted LatencyPredictor or None, got {type(latency).__name__}")
+        if latency_options is not None and not isinstance(latency_options, Mapping):
+            raise ValueError(f"latency_options must be a mapping of fit_latency_predictor options, "
+                             f"got {latency_options!r}")
         self.cost_weight = check_number("cost_weight", cost_weight)
         self.hidden = check_steps("hidden", hidden, optional=False)
         self.init_score = check_number("init_score", init_score, positive=True)
@@ -190,6 +218,12 @@ class WGates(StructuredMethod):
                              "are FLOPs counted on it")
         super().__init__(model, exclude, example_input)
         self.freeze_step = None if total_steps is None else max(1, round(freeze_fraction * total_steps))
+        self.latency_predictor: LatencyPredictor | None = None
+        if cost == "latency":  # fitted on the model before any gate is attached
+            if latency is None:
+                latency = fit_latency_predictor(self, **dict(latency_options or {}))
+            latency.check_groups({n: g.channels for n, g in self.groups.items()}, "WGates")
+            self.latency_predictor = latency.requires_grad_(False)
         gates = {}
         for name, group in self.groups.items():
             layers, rows = _filter_rows(group)
@@ -256,11 +290,59 @@ class WGates(StructuredMethod):
         """F(g) / F_dense for the current gates (0-d float64, differentiable while they are live)."""
         return self.flops_of(self.gates()) / float(self.dense_flops["total"])
 
+    @property
+    def latency_fit(self) -> LatencyFit | None:
+        """The latency predictor's fit on held-out networks (cost="latency"), else None."""
+        return None if self.latency_predictor is None else self.latency_predictor.fit
+
+    def _predictor_on(self, device: torch.device) -> LatencyPredictor:
+        """The latency predictor on `device` (copied once per device)."""
+        cache = self.__dict__.setdefault("_latency_cache", {})
+        if device not in cache:
+            cache[device] = copy.deepcopy(self.latency_predictor).to(device)
+        return cache[device]
+
+    def latency_of(self, gates: dict[str, Tensor]) -> Tensor:
+        """Predicted latency of the network the gates keep / the dense network's (0-d,
+        differentiable in the gates; cost="latency" only)."""
+        if self.latency_predictor is None:
+            raise ValueError("latency_of() needs cost='latency' (a latency predictor)")
+        device = next(iter(gates.values())).device if gates else torch.device("cpu")
+        return self._predictor_on(device).relative(gates)
+
+    def predicted_latency_fraction(self, keep: dict | None = None) -> float:
+        """The predicted latency of the network finalize() gives for `keep` ({group: indices
+        or a count}; default keep_indices()) / the dense network's (cost="latency" only)."""
+        if self.latency_predictor is None:
+            raise ValueError("predicted_latency_fraction() needs cost='latency' (a latency predictor)")
+        keep = self.keep_indices() if keep is None else keep
+        p = self.latency_predictor
+        with torch.no_grad():
+            dense = p(torch.ones(len(p.groups), dtype=p.w1.dtype))
+            return float(p(p.keep_fractions(keep)) / dense)
+
+    def cost_of(self, gates: dict[str, Tensor]) -> Tensor:
+        """The cost of the network the gates keep / the dense network's: FLOPs or predicted
+        latency (`cost`); 0-d, differentiable in the gates."""
+        if self.cost == "latency":
+            return self.latency_of(gates)
+        return self.flops_of(gates) / float(self.dense_flops["total"])
+
+    def gate_cost_fraction(self) -> Tensor:
+        """cost_of(the current gates) (differentiable while they are live)."""
+        return self.cost_of(self.gates())
+
+    def _within(self, gates: dict[str, Tensor]) -> bool:
+        """Whether the network the 0/1 gates keep meets the budget."""
+        if self.cost == "latency":
+            return float(self.latency_of(gates)) <= self.budget
+        return float(self.flops_of(gates)) <= self.budget * self.dense_flops["total"]
+
     def regularizer(self) -> Tensor:
-        """cost_weight * max(0, F(g) / F_dense - budget); 0 once the gates are frozen."""
+        """cost_weight * max(0, cost(g) / dense cost - budget); 0 once the gates are frozen."""
         if self.cost_weight == 0 or self.frozen:
             return super().regularizer()
-        excess = (self.gate_flops_fraction() - self.budget).clamp_min(0.0)
+        excess = (self.gate_cost_fraction() - self.budget).clamp_min(0.0)
         return (self.cost_weight * excess).float()
 
     # -- schedule -------------------------------------------------------------------------
@@ -277,17 +359,16 @@ class WGates(StructuredMethod):
     @torch.no_grad()
     def freeze(self) -> dict[str, Tensor]:
         """Fix every gate at its current value, brought to the budget by the scores: above it, the
-        lowest-scoring open channels close until the FLOPs meet it (a group keeps at least one);
-        below it (with fill_budget), the highest-scoring closed channels reopen while the FLOPs
-        stay within it. Returns the gates."""
+        lowest-scoring open channels close until the cost meets it (a group keeps at least one);
+        below it (with fill_budget), the highest-scoring closed channels reopen while the cost
+        stays within it. Returns the gates."""
         self._check_live()
         scores = {g: m.scores().double().cpu() for g, m in self.gate_modules.items()}
         gates = {g: (s > 0).double() for g, s in scores.items()}
         for g, s in scores.items():
             if not bool(gates[g].any()):
                 gates[g][int(s.argmax())] = 1.0
-        limit = self.budget * self.dense_flops["total"]
-        if float(self.flops_of(gates)) > limit:
+        if not self._within(gates):
             open_ = sorted((float(s[i]), g, i) for g, s in scores.items() for i in range(s.numel()) if gates[g][i])
 
             def close(k: int) -> dict[str, Tensor]:  # the k lowest-scoring open channels closed
@@ -298,10 +379,10 @@ class WGates(StructuredMethod):
                         out[g][i], left[g] = 0.0, left[g] - 1
                 return out
 
-            lo, hi = 1, len(open_)  # the fewest closed that meet the budget (FLOPs fall with k)
+            lo, hi = 1, len(open_)  # the fewest closed that meet the budget (the cost falls with k)
             while lo < hi:
                 mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if float(self.flops_of(close(mid))) <= limit else (mid + 1, hi)
+                lo, hi = (lo, mid) if self._within(close(mid)) else (mid + 1, hi)
             gates = close(lo)
         elif self.fill_budget:
             closed = sorted(((-float(s[i]), g, i) for g, s in scores.items() for i in range(s.numel())
@@ -313,14 +394,27 @@ class WGates(StructuredMethod):
                     out[g][i] = 1.0
                 return out
 
-            lo, hi = 0, len(closed)  # the most reopened within the budget (FLOPs grow with k)
+            lo, hi = 0, len(closed)  # the most reopened within the budget (the cost grows with k)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if float(self.flops_of(reopen(mid))) <= limit else (lo, mid - 1)
+                lo, hi = (mid, hi) if self._within(reopen(mid)) else (lo, mid - 1)
             gates = reopen(lo)
         for g, m in self.gate_modules.items():
             m.freeze(gates[g].to(m.fixed))
         return {g: m.fixed.clone() for g, m in self.gate_modules.items()}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted latency predictor (cost="latency"), so a resumed run keeps it; the gates
+        themselves are in the model's state_dict."""
+        return {} if self.latency_predictor is None else {"latency": self.latency_predictor.to_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "latency" in state and self.cost == "latency":
+            predictor = LatencyPredictor.from_state(state["latency"])
+            predictor.check_groups({n: g.channels for n, g in self.groups.items()}, "WGates")
+            self.latency_predictor = predictor
+            self.__dict__.pop("_latency_cache", None)
 
     # -- the optimizer and the structured base ---------------------------------------------
     def param_groups(self, weight_decay: float = 0.0, gate_lr: float | None = None, **options) -> list[dict]:
