@@ -10,7 +10,7 @@ from ltp_core.data import ImageDatasets, TensorSplit, load_digits
 from ltp_core.engine.fit import fit
 from ltp_core.methods.budget import FlopsModel
 from ltp_core.methods.channels import channel_links, remove_channels
-from ltp_core.models import small_cnn
+from ltp_core.models import cifar_resnet, small_cnn
 from ltp_core.teaching import comparison
 from ltp_core.teaching.comparison import (
     Budget,
@@ -96,11 +96,15 @@ def setup(epochs=2, flops=False):
     return Budget(start, data, epochs=epochs, lr=1e-3, eval_every=1, flops_model=fm)
 
 
-def test_budget_counts_steps_flops_and_weights():
+def test_budget_counts_steps_flops_weights_and_parameters():
     s = setup(epochs=3)
     assert s.total_steps == 3 * math.ceil(192 / 64)
     assert s.num_weights == 8 * 9 + 16 * 8 * 9 + 16 * 10
+    assert s.num_parameters == s.num_weights + 2 * (8 + 16) + 10                 # + BN gamma/beta, head bias
     assert s.example_input.shape == (1, 1, 8, 8) and s.dense_flops > 0
+    with torch.no_grad():
+        s.dense[0].weight[0] = 0.0                                                # zeros are not counted
+    assert Budget(s.dense, s.data, epochs=1, lr=1e-3).num_parameters == s.num_parameters - 9
 
 
 def test_prune_run_measures_the_finalized_network_of_an_unstructured_method():
@@ -129,6 +133,28 @@ def test_prune_run_structured_flops_are_measured_and_match_the_flops_model():
         prune_run(s, "gdp", family="channels")
     with pytest.raises(ValueError, match="valid"):
         prune_run(s, "obd", family="unstructured")
+
+
+def test_prune_run_on_a_residual_network_reports_the_channels_and_parameters_kept():
+    data = tiny_data()
+    torch.manual_seed(0)
+    start, _ = train_dense(cifar_resnet(8, num_classes=10, in_channels=1), data, epochs=1, extra_epochs=0, lr=2e-3)
+    fm = FlopsModel(start, data.x_train[:1])
+    s = Budget(start, data, epochs=1, lr=1e-3, flops_model=fm)
+    assert "layer1.0.conv2" in fm.plan.groups["conv1"].producers                  # the skip connection couples them
+    r = prune_run(s, "l1_filter", family="structured", options={"ratio": 0.5})
+    assert r["channels_kept"] == {g: 0.5 for g in fm.channels}                    # every group, shared ones included
+    assert r["flops"] == pytest.approx(r["model_flops"], abs=1e-12)
+    assert r["trajectory"][0]["flops"] == pytest.approx(r["flops"], abs=1e-12)    # removed at construction
+    # halving every group: the 3x3 convs between two groups keep a quarter, the stem and the head half
+    convs = {n: m.weight.numel() for n, m in start.named_modules() if isinstance(m, nn.Conv2d)}
+    kept = convs.pop("conv1") / 2 + sum(convs.values()) / 4 + start.fc.weight.numel() / 2 + 10
+    norms = sum(m.weight.numel() for m in start.modules() if isinstance(m, nn.BatchNorm2d))
+    assert r["parameters"] == kept + norms                                        # BN gamma and beta, halved
+    assert r["parameters_kept"] == pytest.approx(r["parameters"] / s.num_parameters)
+    w = prune_run(s, "wgates", family="structured", options={"budget": 0.5})
+    assert w["flops"] <= 0.5 and w["flops"] == pytest.approx(w["model_flops"], abs=1e-12)
+    assert w["logit_gap"] <= 1e-5 and min(w["channels_kept"].values()) < 1.0
 
 
 def fake_run(response):

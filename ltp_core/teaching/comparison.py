@@ -1,10 +1,17 @@
 """The method comparison: every pruning method from one dense start, on one training budget.
 
     data = load_split("digits", seed=0, val_fraction=0.2)
-    start, reference = train_dense(model, data, epochs=20, extra_epochs=30, lr=2e-3)
-    setup = Budget(start, data, epochs=30, lr=1e-3)
+    model = cifar_resnet(8, num_classes=10, in_channels=1)
+    start, reference = train_dense(model, data, epochs=20, extra_epochs=20, lr=2e-3)
+    setup = Budget(start, data, epochs=20, lr=1e-3, flops_model=FlopsModel(start, data.x_train[:1]))
     best, tried = run_method(setup, {"method": "gmp", "family": "unstructured",
                                      "options": {"sparsity": 0.9}}, target=0.9, tolerance=0.01)
+    best, tried = run_method(setup, {"method": "wgates", "family": "structured",
+                                     "options": {"budget": 0.5}}, target=0.5, tolerance=0.03)
+
+Any network `ltp_core.methods` can prune works, residual ones included: the structured methods
+find the channels a skip connection couples through the methods' channel plan
+(`ltp_core.methods.surgery`).
 
 The rules these functions keep (notebook 06 teaches them):
 
@@ -15,7 +22,8 @@ The rules these functions keep (notebook 06 teaches them):
 3. one target: every method is brought to the same sparsity (unstructured) or the same FLOPs
    (structured), within a stated tolerance; a method whose knob only influences the target is
    calibrated by full-length runs that read the sparsity, never an accuracy;
-4. deployed networks are measured: accuracy, sparsity and FLOPs are those of the finalized network;
+4. deployed networks are measured: accuracy, sparsity, FLOPs and parameters are those of the
+   finalized network;
 5. anything chosen by accuracy (the ranking) reads the validation split, carved from the training
    data; the test split is only reported.
 """
@@ -37,13 +45,12 @@ from ..data import ImageDatasets, TensorSplit, cifar10_folder, load_digits
 from ..engine.fit import accuracy, fit
 from ..methods import METHODS
 from ..methods.budget import FlopsModel
-from ..methods.gdp import BudgetedGDP
 
 __all__ = ["REGISTRY", "SCALES", "Budget", "in_memory", "load_split", "train_dense", "finalized_sparsity",
            "prune_run", "calibrate", "run_method", "merge_settings", "rank"]
 
-# The methods by name; GDP is the budgeted one, so that it can be brought to a FLOPs budget.
-REGISTRY: dict[str, Callable[..., Any]] = {**METHODS, "gdp": BudgetedGDP}
+# The methods by name (`ltp_core.methods.METHODS`): GDP, DSA and W-Gates take a FLOPs `budget`.
+REGISTRY: dict[str, Callable[..., Any]] = dict(METHODS)
 
 # Scales in which a calibrated knob's effect on the sparsity is roughly linear:
 # name -> (knob -> u, u -> knob, first step in u).
@@ -110,7 +117,8 @@ def finalized_sparsity(model: nn.Module, dense_numel: int) -> float:
 @dataclass
 class Budget:
     """What every run of a comparison shares: the dense start, the data, the training after it.
-    `flops_model` (structured methods only) prices channel counts for their trajectories."""
+    `flops_model` (structured methods only) prices channel counts for their trajectories and
+    names the channel groups whose kept fraction a structured run reports."""
     dense: nn.Module
     data: TensorSplit
     epochs: int
@@ -126,6 +134,7 @@ class Budget:
         self.total_steps = self.epochs * math.ceil(len(self.data.x_train) / self.batch_size)
         self.dense_flops = layer_flops(self.dense, self.example_input)["total"]
         self.num_weights = sum(m.weight.numel() for _, m in prunable_layers(self.dense))
+        self.num_parameters = sum(int((p != 0).sum()) for p in self.dense.parameters())
 
 
 def _progress(pruner: Any, family: str, flops_model: FlopsModel | None) -> dict[str, float]:
@@ -151,14 +160,16 @@ def _measure(setup: Budget, pruner: Any, family: str) -> dict[str, Any]:
            "val_accuracy": accuracy(model, data.x_val, data.y_val) if data.x_val is not None else None,
            "logit_gap": float((logits - hard_logits).abs().max() / hard_logits.abs().max().clamp_min(1e-12)),
            "parameters": sum(int((p != 0).sum()) for p in model.parameters())}
+    out["parameters_kept"] = out["parameters"] / setup.num_parameters
     if family == "unstructured":
         densities = {n: float((m.weight != 0).float().mean()) for n, m in prunable_layers(model)}
         out["flops"] = count_flops(model, setup.example_input, densities) / setup.dense_flops
     else:
         out["flops"] = layer_flops(model, setup.example_input)["total"] / setup.dense_flops
-        if setup.flops_model is not None:
-            channels = {p: model.get_submodule(p).weight.shape[0] for p in setup.flops_model.channels}
+        if setup.flops_model is not None:  # a group's kept channels: its root layer's output channels now
+            channels = {g: model.get_submodule(g).weight.shape[0] for g in setup.flops_model.channels}
             out["model_flops"] = setup.flops_model.fraction(channels)
+            out["channels_kept"] = {g: k / setup.flops_model.channels[g] for g, k in channels.items()}
     return out
 
 
@@ -169,9 +180,12 @@ def prune_run(setup: Budget, method: str, *, family: str, options: dict | None =
     `ltp_core.engine.fit.fit`, then `finalize()`. Returns the finalized network's measurements
     (test `accuracy`, `val_accuracy`, `sparsity` as the method reports it, `finalized_sparsity`
     counted on the deployed weights, `flops` as a fraction of dense (effective for unstructured,
-    measured on the smaller layers for structured), `logit_gap`: max |finalized - hard-masked
-    logits| / max |logit|), the `trajectory` (sparsity or FLOPs, and test accuracy, every
-    `eval_every` epochs) and the CPU seconds."""
+    measured on the smaller layers for structured), `parameters` (nonzero, every parameter) and
+    `parameters_kept` (a fraction of the dense start's), `logit_gap`: max |finalized - hard-masked
+    logits| / max |logit|; for structured runs with a `flops_model`, `model_flops` (its price of
+    the finalized channel counts) and `channels_kept` ({group: fraction of its channels kept})),
+    the `trajectory` (sparsity or FLOPs, and test accuracy, every `eval_every` epochs) and the
+    CPU seconds."""
     if family not in ("unstructured", "structured"):
         raise ValueError(f"family must be 'unstructured' or 'structured', got {family!r}")
     if method not in REGISTRY:
