@@ -1,4 +1,4 @@
-"""The FLOPs budget of channel pruning: FlopsModel, uniform_filter_ratio, GDP's budget (BudgetedGDP)."""
+"""The FLOPs budget of channel pruning: FlopsModel, uniform_filter_ratio, GDP's budget."""
 import pytest
 import torch
 from torch import nn
@@ -6,7 +6,7 @@ from torch import nn
 from ltp_core.core.flops import layer_flops
 from ltp_core.methods.budget import FlopsModel, uniform_filter_ratio
 from ltp_core.methods.channels import channel_links, remove_channels
-from ltp_core.methods.gdp import BudgetedGDP
+from ltp_core.methods.gdp import GDP
 from ltp_core.methods.greg import num_removed
 from ltp_core.models import mlp, resnet20, small_cnn
 
@@ -70,8 +70,8 @@ def test_uniform_filter_ratio_is_the_grid_point_closest_to_the_budget(budget):
 
 def train_gdp(budget, tolerance, steps=12, cut_fraction=0.5):
     model, x = cnn()
-    gdp = BudgetedGDP(model, budget=budget, tolerance=tolerance, cut_fraction=cut_fraction, total_steps=steps,
-                      example_input=x, lambda_=0.05)
+    gdp = GDP(model, budget=budget, tolerance=tolerance, cut_fraction=cut_fraction, total_steps=steps,
+              example_input=x, lambda_=0.05)
     opt = torch.optim.Adam(gdp.param_groups(gate_lr=0.05), lr=1e-2)
     torch.manual_seed(1)
     xs, ys = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
@@ -87,7 +87,7 @@ def train_gdp(budget, tolerance, steps=12, cut_fraction=0.5):
 
 
 @pytest.mark.parametrize("budget", [0.4, 0.6])
-def test_budgeted_gdp_cuts_the_lowest_gates_to_the_budget(budget):
+def test_gdp_budget_cuts_the_lowest_gates_to_the_budget(budget):
     gdp, x, lambdas = train_gdp(budget, tolerance=0.03)
     assert gdp.cut_step == 6
     assert lambdas[4] == 0.05 and lambdas[5] == 0.0  # polarization until the cut, fine-tuning after
@@ -108,16 +108,16 @@ def test_budgeted_gdp_cuts_the_lowest_gates_to_the_budget(budget):
     assert torch.allclose(gdp.model(x), hard, atol=1e-5)              # removal does not change the function
 
 
-def test_budgeted_gdp_state_dict_round_trip_and_refusals():
+def test_gdp_budget_state_dict_round_trip_and_refusals():
     gdp, x, _ = train_gdp(0.5, tolerance=0.03)
     state = gdp.state_dict()
     model, _ = cnn()
-    other = BudgetedGDP(model, budget=0.5, total_steps=12, example_input=x)
+    other = GDP(model, budget=0.5, total_steps=12, example_input=x)
     assert other.cut is None and other.state_dict()["cut"] is None
     other.load_state_dict(state)
     assert other.lambda_ == 0.0
     assert {p: r.tolist() for p, r in other.cut.items()} == {p: r.tolist() for p, r in gdp.cut.items()}
     with pytest.raises(ValueError, match="total_steps"):
-        BudgetedGDP(cnn()[0], budget=0.5, example_input=x)
+        GDP(cnn()[0], budget=0.5, example_input=x)
     with pytest.raises(ValueError, match="budget"):
-        BudgetedGDP(cnn()[0], budget=1.5, total_steps=10, example_input=x)
+        GDP(cnn()[0], budget=1.5, total_steps=10, example_input=x)

@@ -14,7 +14,7 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_wgates import train_on_digits  # the same training loop
 from torch import nn
 
 from ltp_core.core.flops import layer_flops
@@ -29,14 +29,6 @@ from ltp_core.methods.latency import (
 )
 from ltp_core.methods.wgates import WGates
 from ltp_core.models import resnet20, small_cnn
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def roofline(net: nn.Module, x: torch.Tensor) -> float:
@@ -157,26 +149,6 @@ def test_the_mlp_fits_a_known_timing_function(resnet20_gates):
     assert fit.r2 > 0.9 and fit.median_relative_error < 0.1, str(fit)  # measured: R² 0.997, median 3%
 
 
-def _train_digits(method, model, d, epochs, batch=64):
-    opt = torch.optim.Adam(method.param_groups(gate_lr=1e-3), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    step, before_freeze = 0, None
-    per_epoch = len(d.x_train) // batch
-    for _ in range(epochs):
-        order = torch.randperm(len(d.x_train), generator=g)
-        for i in range(per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(d.x_train[idx]), d.y_train[idx]) + method.regularizer()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == method.freeze_step:
-                before_freeze = float(method.gate_cost_fraction().detach())
-            method.after_step(step)
-    return before_freeze
-
-
 def test_wgates_with_latency_cost_trains_to_the_latency_budget():
     """W-Gates with cost="latency" on the digits, with a predictor fitted to the roofline model:
     the cost term brings the predicted latency to the budget, the frozen gates meet it, and the
@@ -193,7 +165,7 @@ def test_wgates_with_latency_cost_trains_to_the_latency_budget():
                     example_input=x)
     assert method.latency_fit is predictor.fit and float(method.gate_cost_fraction().detach()) == pytest.approx(1.0)
     dense = roofline(pruned_copy(method, {}), d.x_train[:16])
-    before_freeze = _train_digits(method, model, d, epochs)
+    before_freeze = train_on_digits(method, model, d, epochs)
     assert method.frozen and before_freeze <= 0.5 + 0.1, before_freeze
     predicted = method.predicted_latency_fraction()
     assert predicted <= 0.5 and float(method.cost_of(method.gates()).detach()) == pytest.approx(predicted, rel=1e-5)

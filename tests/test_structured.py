@@ -10,12 +10,10 @@ equal the prediction, and its state_dict loads into the dense architecture resiz
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +23,6 @@ from torch import nn
 
 from ltp_core.core.flops import layer_flops
 from ltp_core.core.trail import Trail
-from ltp_core.data import write_digits_cifar10
 from ltp_core.deploy import pick
 from ltp_core.engine import train
 from ltp_core.engine.train import parse_args
@@ -43,8 +40,6 @@ from ltp_core.methods.surgery import (
     save_pruned,
 )
 from ltp_core.models import get_model, mlp, resnet20, resnet56, small_cnn
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def vgg_chain():
@@ -312,6 +307,13 @@ def test_a_subclass_with_gates_finalizes_to_the_gated_network(name):
         with method.hard_masks():
             assert_same(model(x), gated)
     clone = copy.deepcopy(model)  # a copy carries its own gates
+    ungated = method.ungated_copy()  # every channel, no gates: the network before the method
+    assert not any("channel_gate" in k for k in ungated.state_dict())
+    assert not any(m._forward_pre_hooks for m in ungated.modules())
+    assert n_params(ungated) == n_params(make(name)[0])
+    with torch.no_grad():
+        assert_same(ungated(x), make(name)[0](x))
+        assert_same(model(x), gated)  # the model still carries its gates
     hard = method.hard_state_dict()
     assert method.flops() == method.predicted_flops() == layer_flops(method.finalized_copy(), x[:1])["total"]
     plain = method.finalize()
@@ -443,19 +445,6 @@ def test_dsa_style_projection_meets_the_budget_on_coupled_groups(name):
 
 
 # -- ltp-train and ltp-pick --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    return write_digits_cifar10(tmp_path_factory.mktemp("data") / "digits-cifar10", per_class=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_imagenet", ROOT / "data" / "make_tiny_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_imagenet(tmp_path_factory.mktemp("data") / "tiny-imagenet")
-
 
 RUNS = [  # method, model, dataset, extra --method-opt
     ("l1_filter", "resnet20", "cifar10", []),

@@ -13,47 +13,20 @@ tiny ImageNet-layout folder (3 classes, 32x32 images); one epoch of batches of 8
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from ltp_core.core.flops import layer_flops
 from ltp_core.core.trail import Trail
-from ltp_core.data import write_digits_cifar10
 from ltp_core.engine import train
 from ltp_core.engine.train import parse_args
 from ltp_core.methods.surgery import load_pruned_state_dict
 from ltp_core.models import get_model
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    return write_digits_cifar10(tmp_path_factory.mktemp("data") / "digits-cifar10", per_class=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_tiny_imagenet", ROOT / "data" / "make_tiny_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_imagenet(tmp_path_factory.mktemp("data") / "tiny-imagenet")
-
 
 # (method, model, --method-opt): what tests/test_structured.py runs already (l1_filter, greg, gdp and dsa
 # on resnet20, gdp on resnet18, l1_filter on mobilenet_v2) is not repeated here

@@ -10,7 +10,6 @@ without a GPU).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -31,7 +30,6 @@ from ltp_core.data import (
     carve_validation,
     dataset_labels,
     image_sizes,
-    write_digits_cifar10,
 )
 from ltp_core.engine import distributed, train
 from ltp_core.engine.build import check_input_sizes
@@ -39,30 +37,11 @@ from ltp_core.engine.config import UsageError, make_config, method_options
 from ltp_core.engine.train import parse_args
 from ltp_core.models import MIN_INPUT_SIZES, check_input_size, get_model, min_input_size
 
-ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 VOLATILE = {"img_per_s", "epoch_seconds"}
 TINY = ["--train-crop-size", "32", "--val-resize-size", "32", "--val-crop-size", "32"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _samples_module():
-    spec = importlib.util.spec_from_file_location("make_tiny_imagenet", ROOT / "data" / "make_tiny_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory) -> Path:
-    return _samples_module().make_tiny_imagenet(tmp_path_factory.mktemp("data") / "tiny-imagenet")
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    """scikit-learn's digits in CIFAR-10's on-disk format, 4 images per class in each split."""
-    return write_digits_cifar10(tmp_path_factory.mktemp("data") / "digits-cifar10", per_class=4)
 
 
 def _env() -> dict[str, str]:

@@ -19,17 +19,31 @@ from ltp_core.methods.wgates import WGates, step_through
 from ltp_core.models import get_model, resnet20, small_cnn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _digits_cnn(seed: int = 0):
     torch.manual_seed(seed)
     return small_cnn(channels=(8, 16))
+
+
+def train_on_digits(method, model, d, epochs: int, batch: int = 64) -> float:
+    """Adam (lr 1e-2, the gate MLPs 1e-3) on the digits in a fixed order, the method's step
+    hooks after each step; returns its cost fraction just before the gates freeze."""
+    opt = torch.optim.Adam(method.param_groups(gate_lr=1e-3), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    step, before_freeze = 0, None
+    per_epoch = len(d.x_train) // batch
+    for _ in range(epochs):
+        order = torch.randperm(len(d.x_train), generator=g)
+        for i in range(per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            loss = F.cross_entropy(model(d.x_train[idx]), d.y_train[idx]) + method.regularizer()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == method.freeze_step:
+                before_freeze = float(method.gate_cost_fraction().detach())
+            method.after_step(step)
+    return before_freeze
 
 
 def test_step_through_is_binary_forward_identity_backward():
@@ -114,21 +128,7 @@ def test_budget_met_after_training_on_digits():
     per_epoch = len(d.x_train) // batch
     method = WGates(model, budget=0.5, cost_weight=2.0, total_steps=epochs * per_epoch, example_input=d.x_train[:1])
     assert method.gate_flops_fraction().item() == 1.0  # every gate starts open
-    opt = torch.optim.Adam(method.param_groups(gate_lr=1e-3), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    step, before_freeze = 0, None
-    for _ in range(epochs):
-        order = torch.randperm(len(d.x_train), generator=g)
-        for i in range(per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(d.x_train[idx]), d.y_train[idx]) + method.regularizer()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == method.freeze_step:
-                before_freeze = method.gate_flops_fraction().item()  # what the cost term reached
-            method.after_step(step)
+    before_freeze = train_on_digits(method, model, d, epochs, batch)  # what the cost term reached
     assert method.frozen
     assert before_freeze <= 0.5 + 0.05, before_freeze  # measured 0.48
     assert 0.5 - 0.15 <= method.gate_flops_fraction().item() <= 0.5  # one channel costs up to 12%

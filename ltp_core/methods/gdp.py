@@ -46,7 +46,7 @@ from ..core.method import split_groups
 from .budget import FlopsModel
 from .structured import StructuredMethod
 
-__all__ = ["ChannelGate", "GDP", "BudgetedGDP"]
+__all__ = ["ChannelGate", "GDP"]
 
 
 class ChannelGate(nn.Module):
@@ -210,9 +210,3 @@ class GDP(StructuredMethod):
         self.cut = None if cut is None else {g: torch.tensor(r, dtype=torch.bool, device=self.gates[g].device)
                                              for g, r in cut.items()}
 
-
-class BudgetedGDP(GDP):
-    """`GDP` with the FLOPs budget required (no default): the name the method comparison uses."""
-
-    def __init__(self, model: nn.Module, *, budget: float, **options) -> None:
-        super().__init__(model, budget=budget, **options)

@@ -38,7 +38,6 @@ seconds, `predictor.relative(gates)` their ratio to the dense network's predicte
 """
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import time
@@ -49,10 +48,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from ..checks import check_choice, check_fraction, check_number, check_steps
-from ..core.layers import own_class
 from .surgery import remove_channels_
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,13 +97,7 @@ def pruned_copy(method: StructuredMethod, keep: Mapping[str, Tensor | int]) -> n
     ({group: kept indices or a count, the first ones}; groups not named keep all) removed by the
     structured surgery, without the method's gates: the network `finalize()` gives for those
     widths. The model is untouched."""
-    model = copy.deepcopy(method.model)
-    method._strip(model, live=False)  # the gate hooks and modules of the copy
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and parametrize.is_parametrized(m):
-            own_class(m)
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return remove_channels_(model, method.plan, dict(keep)).cpu().eval()
+    return remove_channels_(method.ungated_copy(), method.plan, dict(keep)).cpu().eval()
 
 
 def sample_keeps(groups: Mapping[str, int], samples: int, *, min_fraction: float = 0.1, spread: float = 0.25,

@@ -226,15 +226,28 @@ class StructuredMethod(PruningMethod):
             for h in handles:
                 h.remove()
 
-    def _surgery(self, model: nn.Module, live: bool) -> nn.Module:
-        keep = self.keep_indices()
-        scales = {g: v for g, v in self.gate_values().items()}
+    def _unwrap(self, model: nn.Module, live: bool) -> nn.Module:
+        """The model without the method's gates and weight parametrizations (the weights as
+        they act now): a plain network the surgery can shrink."""
         self._strip(model, live)
         for m in model.modules():
             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and parametrize.is_parametrized(m):
                 own_class(m)
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-        return remove_channels_(model, self.plan, keep, scales)
+        return model
+
+    def _surgery(self, model: nn.Module, live: bool) -> nn.Module:
+        keep = self.keep_indices()
+        scales = {g: v for g, v in self.gate_values().items()}
+        return remove_channels_(self._unwrap(model, live), self.plan, keep, scales)
+
+    @torch.no_grad()
+    def ungated_copy(self) -> nn.Module:
+        """A deep copy of the network with every channel, without the method's gates and weight
+        parametrizations: what `surgery.remove_channels_(copy, method.plan, keep)` shrinks to any
+        other widths. The model is untouched."""
+        self._check_live()
+        return self._unwrap(copy.deepcopy(self.model), live=False)
 
     @torch.no_grad()
     def finalized_copy(self) -> nn.Module:
