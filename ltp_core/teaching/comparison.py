@@ -46,11 +46,8 @@ from ..engine.fit import accuracy, fit
 from ..methods import METHODS
 from ..methods.budget import FlopsModel
 
-__all__ = ["REGISTRY", "SCALES", "Budget", "in_memory", "load_split", "train_dense", "finalized_sparsity",
+__all__ = ["SCALES", "Budget", "in_memory", "load_split", "train_dense", "finalized_sparsity",
            "prune_run", "calibrate", "run_method", "merge_settings", "rank"]
-
-# The methods by name (`ltp_core.methods.METHODS`): GDP, DSA and W-Gates take a FLOPs `budget`.
-REGISTRY: dict[str, Callable[..., Any]] = dict(METHODS)
 
 # Scales in which a calibrated knob's effect on the sparsity is roughly linear:
 # name -> (knob -> u, u -> knob, first step in u).
@@ -175,7 +172,7 @@ def _measure(setup: Budget, pruner: Any, family: str) -> dict[str, Any]:
 
 def prune_run(setup: Budget, method: str, *, family: str, options: dict | None = None,
               groups: dict | None = None) -> dict[str, Any]:
-    """One method on the budget: a deep copy of the dense start, `REGISTRY[method](model,
+    """One method on the budget: a deep copy of the dense start, `METHODS[method](model,
     **options)`, Adam(lr) over the method's `param_groups(**groups)`, `epochs` of
     `ltp_core.engine.fit.fit`, then `finalize()`. Returns the finalized network's measurements
     (test `accuracy`, `val_accuracy`, `sparsity` as the method reports it, `finalized_sparsity`
@@ -188,13 +185,13 @@ def prune_run(setup: Budget, method: str, *, family: str, options: dict | None =
     CPU seconds."""
     if family not in ("unstructured", "structured"):
         raise ValueError(f"family must be 'unstructured' or 'structured', got {family!r}")
-    if method not in REGISTRY:
-        raise ValueError(f"unknown method {method!r}; valid: {sorted(REGISTRY)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {sorted(METHODS)}")
     options, groups = dict(options or {}), dict(groups or {})
     torch.manual_seed(setup.seed)
     model = copy.deepcopy(setup.dense)
     cpu = time.process_time()
-    pruner = REGISTRY[method](model, total_steps=setup.total_steps, example_input=setup.example_input, **options)
+    pruner = METHODS[method](model, total_steps=setup.total_steps, example_input=setup.example_input, **options)
     optimizer = torch.optim.Adam(pruner.param_groups(**groups), lr=setup.lr)
     start = {"epoch": 0, "accuracy": accuracy(setup.dense, setup.data.x_test, setup.data.y_test),
              **_progress(pruner, family, setup.flops_model)}
